@@ -1,0 +1,1 @@
+"""Alembic migrations: one history for the ProcessFlow and the legacy database."""

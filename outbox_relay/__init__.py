@@ -1,0 +1,1 @@
+"""The outbox relay: turns outbox events into legacy rows, exactly once."""

@@ -1,0 +1,78 @@
+"""Engines for PostgreSQL (psycopg 3) and SQLite, configured the same way for
+the server, the relay and the command-line tools."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import make_url
+
+
+def normalize_url(url: str) -> str:
+    """Picks psycopg 3 for plain ``postgresql://`` URLs."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif parsed.drivername in ("mysql", "mariadb"):
+        parsed = parsed.set(drivername="mysql+pymysql")
+    return parsed.render_as_string(hide_password=False)
+
+
+def is_sqlite(engine_or_url: sa.Engine | str) -> bool:
+    url = engine_or_url.url if isinstance(engine_or_url, sa.Engine) else make_url(
+        engine_or_url
+    )
+    return url.get_backend_name() == "sqlite"
+
+
+def is_postgresql(engine: sa.Engine | sa.Connection) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+def create_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
+    url = normalize_url(url)
+    if is_sqlite(url):
+        return _create_sqlite_engine(url, **kwargs)
+    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size}
+    if make_url(url).get_backend_name() == "postgresql":
+        # Pin the session time zone: timestamps are naive UTC everywhere.
+        options["connect_args"] = {"options": "-c timezone=UTC"}
+    elif make_url(url).get_backend_name() == "mysql":
+        options["connect_args"] = {"init_command": "SET time_zone = '+00:00'"}
+    options.update(kwargs)
+    return sa.create_engine(url, **options)
+
+
+def _create_sqlite_engine(url: str, **kwargs: Any) -> sa.Engine:
+    engine = sa.create_engine(
+        url,
+        connect_args={"timeout": 30, "check_same_thread": False},
+        **kwargs,
+    )
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not the driver, issue BEGIN (below).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        if make_url(url).database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        # Take the write lock at BEGIN: a read that later upgrades to a write
+        # would otherwise fail with SQLITE_BUSY instead of waiting.
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC now, the form every timestamp column stores."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)

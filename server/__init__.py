@@ -1,0 +1,1 @@
+"""The ProcessFlow gRPC server: validation, transactional store, reads."""
