@@ -1,0 +1,1 @@
+"""Sub-commands of the processflow command line (see processflow/cli.py)."""
