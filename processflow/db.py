@@ -21,8 +21,10 @@ def normalize_url(url: str) -> str:
 
 
 def is_sqlite(engine_or_url: sa.Engine | str) -> bool:
-    url = engine_or_url.url if isinstance(engine_or_url, sa.Engine) else make_url(
-        engine_or_url
+    url = (
+        engine_or_url.url
+        if isinstance(engine_or_url, sa.Engine)
+        else make_url(engine_or_url)
     )
     return url.get_backend_name() == "sqlite"
 
@@ -31,11 +33,16 @@ def is_postgresql(engine: sa.Engine | sa.Connection) -> bool:
     return engine.dialect.name == "postgresql"
 
 
-def create_engine(url: str, *, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
+def create_engine(
+    url: str, *, pool_size: int = 5, pre_ping: bool = True, **kwargs: Any
+) -> sa.Engine:
+    """``pre_ping=False`` saves a round trip at every checkout; only callers
+    that retry a transaction on a lost connection themselves (the server's
+    store, see server/store/transaction.py) should turn it off."""
     url = normalize_url(url)
     if is_sqlite(url):
         return _create_sqlite_engine(url, **kwargs)
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": pool_size}
+    options: dict[str, Any] = {"pool_pre_ping": pre_ping, "pool_size": pool_size}
     if make_url(url).get_backend_name() == "postgresql":
         # Pin the session time zone: timestamps are naive UTC everywhere.
         options["connect_args"] = {"options": "-c timezone=UTC"}

@@ -94,5 +94,5 @@ STATUS_CODES: dict[type[ProcessFlowError], grpc.StatusCode] = {
 def status_code_for(error: ProcessFlowError) -> grpc.StatusCode:
     for cls in type(error).__mro__:
         if cls in STATUS_CODES:
-            return STATUS_CODES[cls]  # type: ignore[index]
+            return STATUS_CODES[cls]
     raise LookupError(f"no status code for {type(error).__name__}")

@@ -47,7 +47,12 @@ class ServerSettings:
     max_ingest_operations: int = option(5000, "Most operations in one Ingest request.")
     max_steps_per_session: int = option(10_000, "Most steps one session may have.")
     api_keys_file: str | None = option(
-        None, "File of API keys (hashed); authentication is off when unset."
+        None,
+        "File of API keys (hashed) and certificate identities, one JSON object a "
+        "line (docs/threat-model.md); authentication is off when unset.",
+    )
+    api_keys_reload_seconds: float = option(
+        2.0, "How often the API keys file is checked for changes (also on SIGHUP)."
     )
     tls_cert_file: str | None = option(None, "PEM certificate chain to serve TLS with.")
     tls_key_file: str | None = option(None, "PEM private key of the certificate.")
