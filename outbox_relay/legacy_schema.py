@@ -65,7 +65,9 @@ prompt_construction_traces = sa.Table(
     sa.Column("IntentType", sa.String(100), nullable=False),
     sa.Column("StartTime", DateTime, nullable=False),
     sa.Column("EndTime", DateTime, nullable=True),
-    sa.Column("OverallConfidence", sa.Numeric(5, 4), nullable=False, server_default="0"),
+    sa.Column(
+        "OverallConfidence", sa.Numeric(5, 4), nullable=False, server_default="0"
+    ),
     sa.Column("TotalTokens", sa.Integer(), nullable=False, server_default="0"),
     sa.Column("FinalPrompt", Text, nullable=True),
     sa.Column("Success", sa.Boolean(), nullable=False, server_default=sa.false()),
