@@ -30,13 +30,14 @@ COMMANDS = (
     "show",
     "watch",
     "demo",
+    "keys",
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="processflow",
-        description="Record LLM pipeline runs; keep the legacy reporting tables in step.",
+        description="Record LLM pipeline runs; keep the legacy reports in step.",
     )
     parser.add_argument("--version", action="version", version=__version__)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
