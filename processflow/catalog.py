@@ -56,4 +56,6 @@ def is_prompt_construction(step_type: str, parent_step_type: str) -> bool:
     if step_type == PROMPT_BUILDING or parent_step_type == PROMPT_BUILDING:
         return True
     entry = CATALOG.get(step_type)
-    return not parent_step_type and entry is not None and entry.parent == PROMPT_BUILDING
+    return (
+        not parent_step_type and entry is not None and entry.parent == PROMPT_BUILDING
+    )

@@ -69,7 +69,9 @@ def head_revision() -> str:
     return head
 
 
-def current_revision(engine: sa.Engine, version_table: str = MAIN_VERSION_TABLE) -> str | None:
+def current_revision(
+    engine: sa.Engine, version_table: str = MAIN_VERSION_TABLE
+) -> str | None:
     with engine.connect() as connection:
         context = MigrationContext.configure(
             connection, opts={"version_table": version_table}

@@ -114,8 +114,8 @@ def load(
             continue
         given = getattr(args, field.name, None) if args is not None else None
         if given is not None:
-            values[field.name] = given if isinstance(given, bool) else _parse(
-                field, kind, str(given)
+            values[field.name] = (
+                given if isinstance(given, bool) else _parse(field, kind, str(given))
             )
         elif env_name(field.name) in environ:
             values[field.name] = _parse(field, kind, environ[env_name(field.name)])

@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         migrate.upgrade(settings.database_url, settings.legacy_database_url)
     except sa.exc.OperationalError as error:
-        print(f"processflow migrate: cannot reach the database: {error.orig}", file=sys.stderr)
+        print(
+            f"processflow migrate: cannot reach the database: {error.orig}",
+            file=sys.stderr,
+        )
         return 2
     print(f"database is at revision {migrate.head_revision()}")
     return 0

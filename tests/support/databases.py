@@ -10,6 +10,7 @@ Each test gets its own database, cloned from a template migrated once per run.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -33,12 +34,14 @@ MARIADB_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
 
 def _reachable(url: str) -> str | None:
     try:
-        engine = sa.create_engine(normalize_url(url), connect_args={"connect_timeout": 3})
+        engine = sa.create_engine(
+            normalize_url(url), connect_args={"connect_timeout": 3}
+        )
         with engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
         engine.dispose()
         return None
-    except Exception as error:  # noqa: BLE001 - any failure means "not usable"
+    except Exception as error:
         return f"{type(error).__name__}: {str(error).splitlines()[0]}"
 
 
@@ -72,16 +75,34 @@ class ThrowawayCluster:
         port = _free_port()
         data = directory / "data"
         subprocess.run(
-            [*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-             "--auth=trust", "--no-sync"],
-            check=True, capture_output=True,
+            [
+                *run_as,
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+            check=True,
+            capture_output=True,
         )
         subprocess.run(
-            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-w", "-l",
-             str(directory / "log"), "-o",
-             f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off",
-             "start"],
-            check=True, capture_output=True,
+            [
+                *run_as,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-w",
+                "-l",
+                str(directory / "log"),
+                "-o",
+                f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c fsync=off",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
         )
         return cls(directory, port, run_as)
 
@@ -92,9 +113,17 @@ class ThrowawayCluster:
     def stop(self) -> None:
         bin_dir = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))[-1]).parent
         subprocess.run(
-            [*self.run_as, str(bin_dir / "pg_ctl"), "-D", str(self.directory / "data"),
-             "-m", "immediate", "stop"],
-            check=False, capture_output=True,
+            [
+                *self.run_as,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(self.directory / "data"),
+                "-m",
+                "immediate",
+                "stop",
+            ],
+            check=False,
+            capture_output=True,
         )
         shutil.rmtree(self.directory, ignore_errors=True)
 
@@ -113,9 +142,18 @@ def find_postgres() -> tuple[str | None, str, ThrowawayCluster | None]:
     try:
         cluster = ThrowawayCluster.start()
     except (OSError, subprocess.CalledProcessError) as error:
-        return None, f"no server on 127.0.0.1:5432 ({problem}); throwaway cluster failed: {error}", None
+        return (
+            None,
+            f"no server on 127.0.0.1:5432 ({problem}); "
+            f"throwaway cluster failed: {error}",
+            None,
+        )
     if cluster is None:
-        return None, f"no server on 127.0.0.1:5432 ({problem}) and no initdb installed", None
+        return (
+            None,
+            f"no server on 127.0.0.1:5432 ({problem}) and no initdb installed",
+            None,
+        )
     return cluster.url, f"throwaway cluster on port {cluster.port}", cluster
 
 
@@ -133,8 +171,10 @@ class PostgresDatabases:
         self._terminate(self.template)
 
     def url_for(self, name: str) -> str:
-        return make_url(self.admin_url).set(database=name).render_as_string(
-            hide_password=False
+        return (
+            make_url(self.admin_url)
+            .set(database=name)
+            .render_as_string(hide_password=False)
         )
 
     def _create(self, name: str, template: str | None) -> None:
@@ -177,10 +217,8 @@ class PostgresDatabases:
 
     def close(self) -> None:
         for name in list(reversed(self._created)):
-            try:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
                 self.drop(self.url_for(name))
-            except sa.exc.SQLAlchemyError:
-                pass
         self.admin.dispose()
 
 
@@ -211,11 +249,15 @@ def new_mariadb_database() -> str:
             f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
         )
     engine.dispose()
-    return make_url(MARIADB_URL).set(database=name).render_as_string(hide_password=False)
+    return (
+        make_url(MARIADB_URL).set(database=name).render_as_string(hide_password=False)
+    )
 
 
 def drop_mariadb_database(url: str) -> None:
     engine = sa.create_engine(MARIADB_URL)
     with engine.begin() as connection:
-        connection.exec_driver_sql(f"DROP DATABASE IF EXISTS `{make_url(url).database}`")
+        connection.exec_driver_sql(
+            f"DROP DATABASE IF EXISTS `{make_url(url).database}`"
+        )
     engine.dispose()

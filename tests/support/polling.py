@@ -25,7 +25,9 @@ def wait_for(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last={last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last={last!r}"
+            )
         time.sleep(interval)
 
 
@@ -43,5 +45,7 @@ async def wait_for_async(
         if last:
             return last
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last={last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {message}; last={last!r}"
+            )
         await asyncio.sleep(interval)
