@@ -304,7 +304,6 @@ class Relay:
         )
         try:
             while not stop.is_set():
-                self._wakeup.clear()
                 try:
                     result = self.settle_batch()
                     self._prune_if_due(idle=result.claimed == 0)
@@ -327,7 +326,11 @@ class Relay:
                     continue
                 self._end_outage()
                 if result.claimed == 0:
+                    # Cleared only once consumed: a wake-up that came while
+                    # the batch ran makes this wait return at once, and one
+                    # that comes after the clear finds a batch about to run.
                     woken = self._wakeup.wait(self.settings.poll_interval_seconds)
+                    self._wakeup.clear()
                     record_relay_wakeup(self._wake_source if woken else "poll")
         finally:
             if listener is not None:
