@@ -11,7 +11,7 @@ may be different databases.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -24,23 +24,22 @@ from server import schema
 if TYPE_CHECKING:
     from outbox_relay.verify import CoverageReport
 
+SESSION_IDS = schema.sessions.c.session_id
+CALL_IDS = schema.llm_calls.c.call_id
 
-def select_existing_sessions(connection: sa.Connection, ids: Sequence[str]) -> set[str]:
+# Reads one page of a legacy table's claimed rows: (connection, after, limit,
+# scope).
+SelectPage = Callable[[sa.Connection, Any, int, derive.SessionFilter], list[Any]]
+
+
+def select_existing(
+    connection: sa.Connection, column: sa.Column[str], ids: Sequence[str]
+) -> set[str]:
+    """The ``ids`` that stand in ``column`` (sessions.session_id,
+    llm_calls.call_id), looked up a chunk at a time."""
     found: set[str] = set()
     for part in reconcile.chunks(sorted(set(ids))):
-        query = sa.select(schema.sessions.c.session_id).where(
-            schema.sessions.c.session_id.in_(part)
-        )
-        found.update(connection.scalars(query))
-    return found
-
-
-def select_existing_calls(connection: sa.Connection, ids: Sequence[str]) -> set[str]:
-    found: set[str] = set()
-    for part in reconcile.chunks(sorted(set(ids))):
-        query = sa.select(schema.llm_calls.c.call_id).where(
-            schema.llm_calls.c.call_id.in_(part)
-        )
+        query = sa.select(column).where(column.in_(part))
         found.update(connection.scalars(query))
     return found
 
@@ -115,87 +114,83 @@ def check_orphans(
 ) -> None:
     if scope.session_id is not None:
         with main.connect() as connection:
-            if select_existing_sessions(connection, [scope.session_id]):
+            if select_existing(connection, SESSION_IDS, [scope.session_id]):
                 return  # pass 1 compared every row of this session
-    _orphan_tracking(main, legacy, scope, report, page_size)
-    _orphan_traces(main, legacy, scope, report, page_size)
-    _orphan_usage_logs(main, legacy, scope, report, page_size)
+
+    def pages(select_page: SelectPage, key: str, first: Any) -> Iterator[list[Any]]:
+        return _claimed_pages(legacy, select_page, key, first, scope, page_size)
+
+    _orphan_tracking(main, pages(select_claimed_tracking_page, "Id", 0), report)
+    traces = pages(select_claimed_trace_page, "TraceId", "")
+    _orphan_traces(main, legacy, traces, report)
+    _orphan_usage_logs(main, pages(select_claimed_usage_log_page, "Id", 0), report)
+
+
+def _claimed_pages(
+    legacy: sa.Engine,
+    select_page: SelectPage,
+    key: str,
+    first: Any,
+    scope: derive.SessionFilter,
+    page_size: int,
+) -> Iterator[list[Any]]:
+    """The pages of a legacy table's claimed rows, paged by its ``key``."""
+    after = first
+    while True:
+        with legacy.connect() as connection:
+            page = select_page(connection, after, page_size, scope)
+        if not page:
+            return
+        yield page
+        after = getattr(page[-1], key)
+
+
+def _add_gap(report: CoverageReport, table: str, key: Any, session_id: str) -> None:
+    diff = RowDiff(table, "extra", key, session_id)
+    report.tables[diff.table].add(diff, "gap")
 
 
 def _orphan_tracking(
-    main: sa.Engine,
-    legacy: sa.Engine,
-    scope: derive.SessionFilter,
-    report: CoverageReport,
-    page_size: int,
+    main: sa.Engine, pages: Iterator[list[Any]], report: CoverageReport
 ) -> None:
-    after = 0
-    while True:
-        with legacy.connect() as connection:
-            page = select_claimed_tracking_page(connection, after, page_size, scope)
-        if not page:
-            return
+    for page in pages:
         with main.connect() as connection:
-            existing = select_existing_sessions(connection, [r.SessionId for r in page])
+            existing = select_existing(
+                connection, SESSION_IDS, [r.SessionId for r in page]
+            )
         for row in page:
             if row.SessionId not in existing:
-                diff = RowDiff(
-                    reconcile.PST.name, "extra", row.SessionId, row.SessionId
-                )
-                report.tables[diff.table].add(diff, "gap")
-        after = page[-1].Id
+                _add_gap(report, reconcile.PST.name, row.SessionId, row.SessionId)
 
 
 def _orphan_traces(
     main: sa.Engine,
     legacy: sa.Engine,
-    scope: derive.SessionFilter,
+    pages: Iterator[list[Any]],
     report: CoverageReport,
-    page_size: int,
 ) -> None:
-    after = ""
-    while True:
-        with legacy.connect() as connection:
-            page = select_claimed_trace_page(connection, after, page_size, scope)
-        if not page:
-            return
+    for page in pages:
         sources = {r.TraceId: r.TraceId.removeprefix("trace-") for r in page}
         with main.connect() as connection:
-            existing = select_existing_sessions(connection, list(sources.values()))
+            existing = select_existing(connection, SESSION_IDS, list(sources.values()))
         orphans = [t for t, s in sources.items() if s not in existing]
         if orphans:
             with legacy.connect() as connection:
                 steps = reconcile.select_step_rows(connection, orphans)
             for trace_id in orphans:
-                diff = RowDiff(
-                    reconcile.TRACES.name, "extra", trace_id, sources[trace_id]
-                )
-                report.tables[diff.table].add(diff, "gap")
+                _add_gap(report, reconcile.TRACES.name, trace_id, sources[trace_id])
             for step in steps:
-                diff = RowDiff(
-                    reconcile.STEPS.name, "extra", step.Id, sources[step.TraceId]
-                )
-                report.tables[diff.table].add(diff, "gap")
-        after = page[-1].TraceId
+                _add_gap(report, reconcile.STEPS.name, step.Id, sources[step.TraceId])
 
 
 def _orphan_usage_logs(
-    main: sa.Engine,
-    legacy: sa.Engine,
-    scope: derive.SessionFilter,
-    report: CoverageReport,
-    page_size: int,
+    main: sa.Engine, pages: Iterator[list[Any]], report: CoverageReport
 ) -> None:
-    after = 0
-    while True:
-        with legacy.connect() as connection:
-            page = select_claimed_usage_log_page(connection, after, page_size, scope)
-        if not page:
-            return
+    for page in pages:
         with main.connect() as connection:
-            existing = select_existing_calls(connection, [r.RequestId for r in page])
+            existing = select_existing(
+                connection, CALL_IDS, [r.RequestId for r in page]
+            )
         for row in page:
             if row.RequestId not in existing:
-                diff = RowDiff(reconcile.LLM.name, "extra", row.RequestId, "")
-                report.tables[diff.table].add(diff, "gap")
-        after = page[-1].Id
+                _add_gap(report, reconcile.LLM.name, row.RequestId, "")

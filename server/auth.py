@@ -352,23 +352,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        full_name = handler_call_details.method
-        if handler is None or not full_name.startswith(SERVICE_PREFIX):
-            return handler
-        method = full_name[len(SERVICE_PREFIX) :]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return wrap_service_handler(
+            handler, handler_call_details.method, self._wrap_unary, self._wrap_stream
+        )
 
     def _wrap_unary(
         self, method: str, behaviour: Callable[[Any, Context], Any]
@@ -395,3 +381,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 yield message
 
         return handle
+
+
+def wrap_service_handler(
+    handler: Handler,
+    full_name: str,
+    wrap_unary: Callable[[str, Any], Callable[[Any, Context], Awaitable[Any]]],
+    wrap_stream: Callable[[str, Any], Callable[[Any, Context], AsyncIterator[Any]]],
+) -> Handler:
+    """``handler`` with its behaviour wrapped by ``wrap_unary`` or
+    ``wrap_stream`` (given the method's short name) when it serves a
+    ProcessFlowService method; any other handler as it is."""
+    if handler is None or not full_name.startswith(SERVICE_PREFIX):
+        return handler
+    method = full_name[len(SERVICE_PREFIX) :]
+    if handler.unary_unary is not None:
+        return grpc.unary_unary_rpc_method_handler(
+            wrap_unary(method, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(
+            wrap_stream(method, handler.unary_stream),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    return handler

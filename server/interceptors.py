@@ -18,12 +18,11 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from processflow import metrics
-from server.auth import current_principal
+from server.auth import current_principal, wrap_service_handler
 from server.errors import InvalidArgument, ProcessFlowError, status_code_for
 
 log = logging.getLogger(__name__)
 
-SERVICE_PREFIX = "/processflow.v1.ProcessFlowService/"
 INTERNAL_MESSAGE = "internal error; the server logged the details"
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -123,23 +122,9 @@ class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> Handler:
         handler = await continuation(handler_call_details)
-        full_name = handler_call_details.method
-        if handler is None or not full_name.startswith(SERVICE_PREFIX):
-            return handler
-        method = full_name[len(SERVICE_PREFIX) :]
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(method, handler.unary_unary),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(method, handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return wrap_service_handler(
+            handler, handler_call_details.method, _wrap_unary, _wrap_stream
+        )
 
 
 def _wrap_unary(

@@ -9,8 +9,6 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
-    Iterable,
-    Mapping,
     Sequence,
 )
 from types import TracebackType
@@ -19,7 +17,12 @@ from typing import Any, ParamSpec, TypeVar, cast
 import grpc
 
 from processflow.client import config
-from processflow.client.core import SessionState, StepState, current_session
+from processflow.client.core import (
+    SessionState,
+    StepState,
+    TrackerCore,
+    current_session,
+)
 from processflow.client.errors import TrackerError, translate
 from processflow.v1 import processflow_service_pb2 as api
 from processflow.v1 import processflow_service_pb2_grpc as api_grpc
@@ -31,33 +34,119 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class AsyncTracker:
+class AsyncStep(StepState):
+    """A step of an ``AsyncSession``; see ``AsyncSession.step``."""
+
+    session: AsyncSession
+
+    async def __aenter__(self) -> AsyncStep:
+        await self.session.owner.call("RecordStep", self.begin_request())
+        self.enter_context()
+        return self
+
+    async def __aexit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.exit_context()
+        await _send_while_unwinding(
+            self.session.owner, "RecordStep", self.end_request(error), error
+        )
+
+    async def llm_call(self, **fields: Any) -> res.LlmCall:
+        return await self.session.llm_call(step_id=self.step_id, **fields)
+
+
+class AsyncSession(SessionState[AsyncStep]):
+    """A session of an ``AsyncTracker``; see ``AsyncTracker.session``."""
+
+    owner: AsyncTracker
+    step_class = AsyncStep
+
+    async def __aenter__(self) -> AsyncSession:
+        await self.owner.call("StartSession", self.start_request())
+        self.enter_context()
+        return self
+
+    async def __aexit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.exit_context()
+        request = self.exit_request(error)
+        if request is not None:
+            await _send_while_unwinding(self.owner, "CompleteSession", request, error)
+
+    async def llm_call(
+        self, *, step_id: str | None = None, **fields: Any
+    ) -> res.LlmCall:
+        """Records one LLM call, under the open step unless ``step_id`` is
+        given. Fields: see ``RecordLlmCallRequest``."""
+        request = self.llm_call_request(step_id, **fields)
+        response = await self.owner.call("RecordLlmCall", request)
+        return cast(res.LlmCall, response.call)
+
+    async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
+        """Appends a session-level log line now."""
+        await self.owner.call(
+            "AppendLogs", self.logs_request(message, level=level, **fields)
+        )
+
+    async def complete(
+        self,
+        *,
+        status: str = "completed",
+        generated_sql: str = "",
+        execution_result: str = "",
+        error_message: str = "",
+        overall_confidence: float | None = None,
+    ) -> res.Session:
+        """Ends the session now (the context then sends nothing more)."""
+        request = self.complete_request(
+            status,
+            generated_sql=generated_sql,
+            execution_result=execution_result,
+            error_message=error_message,
+            overall_confidence=overall_confidence,
+        )
+        try:
+            response = await self.owner.call("CompleteSession", request)
+        except TrackerError:
+            # Not completed: leaving the context completes it after all.
+            self.status = "running"
+            raise
+        return cast(res.Session, response.session)
+
+    async def fail(self, error_message: str, **fields: Any) -> res.Session:
+        return await self.complete(
+            status="error", error_message=error_message, **fields
+        )
+
+
+class AsyncTracker(TrackerCore[AsyncSession]):
     """Records sessions over one grpc.aio channel to ``target``
     ($PROCESSFLOW_TARGET or 127.0.0.1:50051 when not given). ``api_key`` (else
     $PROCESSFLOW_API_KEY) is sent as a bearer token; ``credentials`` turn TLS
     on. Use with ``async with``, or await ``close()``. Create it inside the
-    event loop that uses it."""
+    event loop that uses it. Sessions: see ``TrackerCore.session``."""
 
-    def __init__(
+    session_class = AsyncSession
+
+    def _connect(
         self,
-        target: str | None = None,
-        *,
-        deadline_seconds: float = config.DEFAULT_DEADLINE_SECONDS,
-        api_key: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        service_config: dict[str, Any] | None = None,
-        options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ChannelCredentials | None,
+        service_config: dict[str, Any] | None,
+        options: Sequence[tuple[str, Any]],
     ) -> None:
-        target = target or config.default_target()
-        self.target = target
-        self.deadline_seconds = deadline_seconds
-        self._metadata = config.call_metadata(api_key, metadata)
         self._channel = config.create_aio_channel(
-            target,
+            self.target,
             credentials=credentials,
             service_config=service_config,
-            deadline_seconds=deadline_seconds,
+            deadline_seconds=self.deadline_seconds,
             options=options,
         )
         self.stub = api_grpc.ProcessFlowServiceStub(self._channel)
@@ -81,38 +170,6 @@ class AsyncTracker:
             )
         except grpc.RpcError as error:
             raise translate(method, error) from error
-
-    def session(
-        self,
-        user_id: str,
-        query: str,
-        *,
-        session_id: str | None = None,
-        query_type: str = "",
-        intent: str = "",
-        domain: str = "",
-        template: str = "",
-        tables_retrieved: Iterable[str] = (),
-        conversation_id: str = "",
-        message_id: str = "",
-        metadata: Mapping[str, Any] | None = None,
-    ) -> AsyncSession:
-        """A session to open with ``async with``: started on entry, completed
-        on exit (status error when the block raises) unless completed before."""
-        return AsyncSession(
-            self,
-            user_id,
-            query,
-            session_id=session_id,
-            query_type=query_type,
-            intent=intent,
-            domain=domain,
-            template=template,
-            tables_retrieved=tables_retrieved,
-            conversation_id=conversation_id,
-            message_id=message_id,
-            metadata=metadata,
-        )
 
     async def get_session(self, session_id: str) -> res.Session:
         response = await self.call(
@@ -167,127 +224,6 @@ class AsyncTracker:
             return wrapper
 
         return decorate
-
-
-class AsyncSession(SessionState):
-    """A session of an ``AsyncTracker``; see ``AsyncTracker.session``."""
-
-    owner: AsyncTracker
-
-    async def __aenter__(self) -> AsyncSession:
-        await self.owner.call("StartSession", self.start_request())
-        self.enter_context()
-        return self
-
-    async def __aexit__(
-        self,
-        error_type: type[BaseException] | None,
-        error: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.exit_context()
-        request = self.exit_request(error)
-        if request is not None:
-            await _send_while_unwinding(self.owner, "CompleteSession", request, error)
-
-    def step(
-        self,
-        code: str,
-        *,
-        step_id: str | None = None,
-        name: str = "",
-        description: str = "",
-        input: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        step_order: int | None = None,
-    ) -> AsyncStep:
-        """A step to open with ``async with``, nested under the step open in
-        this task, if any."""
-        return AsyncStep(
-            self,
-            code,
-            parent=self.enclosing_step(),
-            step_id=step_id,
-            name=name,
-            description=description,
-            input=input,
-            metadata=metadata,
-            step_order=step_order,
-        )
-
-    async def llm_call(
-        self, *, step_id: str | None = None, **fields: Any
-    ) -> res.LlmCall:
-        """Records one LLM call, under the open step unless ``step_id`` is
-        given. Fields: see ``RecordLlmCallRequest``."""
-        request = self.llm_call_request(step_id, **fields)
-        response = await self.owner.call("RecordLlmCall", request)
-        return cast(res.LlmCall, response.call)
-
-    async def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
-        """Appends a session-level log line now."""
-        await self.owner.call(
-            "AppendLogs", self.logs_request(message, level=level, **fields)
-        )
-
-    async def complete(
-        self,
-        *,
-        status: str = "completed",
-        generated_sql: str = "",
-        execution_result: str = "",
-        error_message: str = "",
-        overall_confidence: float | None = None,
-    ) -> res.Session:
-        """Ends the session now (the context then sends nothing more)."""
-        request = self.complete_request(
-            status,
-            generated_sql=generated_sql,
-            execution_result=execution_result,
-            error_message=error_message,
-            overall_confidence=overall_confidence,
-        )
-        try:
-            response = await self.owner.call("CompleteSession", request)
-        except TrackerError:
-            # Not completed: leaving the context completes it after all.
-            self.status = "running"
-            raise
-        return cast(res.Session, response.session)
-
-    async def fail(self, error_message: str, **fields: Any) -> res.Session:
-        return await self.complete(
-            status="error", error_message=error_message, **fields
-        )
-
-
-class AsyncStep(StepState):
-    """A step of an ``AsyncSession``; see ``AsyncSession.step``."""
-
-    session: AsyncSession
-
-    async def __aenter__(self) -> AsyncStep:
-        await self.session.owner.call("RecordStep", self.begin_request())
-        self.enter_context()
-        return self
-
-    async def __aexit__(
-        self,
-        error_type: type[BaseException] | None,
-        error: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.exit_context()
-        await _send_while_unwinding(
-            self.session.owner, "RecordStep", self.end_request(error), error
-        )
-
-    def step(self, code: str, **fields: Any) -> AsyncStep:
-        """A child step of this one."""
-        return AsyncStep(self.session, code, parent=self, **fields)
-
-    async def llm_call(self, **fields: Any) -> res.LlmCall:
-        return await self.session.llm_call(step_id=self.step_id, **fields)
 
 
 async def _send_while_unwinding(

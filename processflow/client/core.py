@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, Generic, Self, TypeVar
+
+import grpc
 
 from processflow.catalog import CATALOG
+from processflow.client import config
 from processflow.client.messages import (
     MAX_ERROR_CHARS,
     MAX_TEXT_CHARS,
@@ -33,7 +36,10 @@ from processflow.client.messages import (
 from processflow.v1 import processflow_service_pb2 as api
 from processflow.v1 import resources_pb2 as res
 
-_current_session: ContextVar[SessionState | None] = ContextVar(
+StepT = TypeVar("StepT", bound="StepState")
+SessionT = TypeVar("SessionT", bound="SessionState[Any]")
+
+_current_session: ContextVar[SessionState[Any] | None] = ContextVar(
     "processflow_session", default=None
 )
 _current_step: ContextVar[StepState | None] = ContextVar(
@@ -48,7 +54,7 @@ class StepState:
 
     def __init__(
         self,
-        session: SessionState,
+        session: SessionState[Any],
         code: str,
         *,
         parent: StepState | None = None,
@@ -192,9 +198,15 @@ class StepState:
     def exit_context(self) -> None:
         _current_step.reset(self._tokens.pop())
 
+    def step(self, code: str, **fields: Any) -> Self:
+        """A child step of this one."""
+        return type(self)(self.session, code, parent=self, **fields)
 
-class SessionState:
-    """One session being recorded."""
+
+class SessionState(Generic[StepT]):
+    """One session being recorded; its steps are ``step_class``."""
+
+    step_class: type[StepT]
 
     def __init__(
         self,
@@ -227,8 +239,33 @@ class SessionState:
         self.start_time: dt.datetime | None = None
         self.status = "pending"
         self._tokens: list[
-            tuple[Token[SessionState | None], Token[StepState | None]]
+            tuple[Token[SessionState[Any] | None], Token[StepState | None]]
         ] = []
+
+    def step(
+        self,
+        code: str,
+        *,
+        step_id: str | None = None,
+        name: str = "",
+        description: str = "",
+        input: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        step_order: int | None = None,
+    ) -> StepT:
+        """A step to open with ``with`` (``async with`` for an async
+        session), nested under the step open in this context, if any."""
+        return self.step_class(
+            self,
+            code,
+            parent=self.enclosing_step(),
+            step_id=step_id,
+            name=name,
+            description=description,
+            input=input,
+            metadata=metadata,
+            step_order=step_order,
+        )
 
     def start_request(self) -> api.StartSessionRequest:
         self.start_time = now()
@@ -370,7 +407,73 @@ class SessionState:
         _current_session.reset(session_token)
 
 
-def current_session() -> SessionState | None:
+class TrackerCore(Generic[SessionT]):
+    """What both trackers share: the target, the deadline, the metadata sent
+    with every call, and the sessions they open (``session_class``). Only the
+    channel, and whether a call blocks or is awaited, differ."""
+
+    session_class: type[SessionT]
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        deadline_seconds: float = config.DEFAULT_DEADLINE_SECONDS,
+        api_key: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        service_config: dict[str, Any] | None = None,
+        options: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        self.target = target or config.default_target()
+        self.deadline_seconds = deadline_seconds
+        self._metadata = config.call_metadata(api_key, metadata)
+        self._connect(credentials, service_config, options)
+
+    def _connect(
+        self,
+        credentials: grpc.ChannelCredentials | None,
+        service_config: dict[str, Any] | None,
+        options: Sequence[tuple[str, Any]],
+    ) -> None:
+        """Opens the channel and its stub."""
+        raise NotImplementedError
+
+    def session(
+        self,
+        user_id: str,
+        query: str,
+        *,
+        session_id: str | None = None,
+        query_type: str = "",
+        intent: str = "",
+        domain: str = "",
+        template: str = "",
+        tables_retrieved: Iterable[str] = (),
+        conversation_id: str = "",
+        message_id: str = "",
+        metadata: Mapping[str, Any] | None = None,
+    ) -> SessionT:
+        """A session to open with ``with`` (``async with`` for the async
+        tracker): started on entry, completed on exit (status error when the
+        block raises) unless completed before."""
+        return self.session_class(
+            self,
+            user_id,
+            query,
+            session_id=session_id,
+            query_type=query_type,
+            intent=intent,
+            domain=domain,
+            template=template,
+            tables_retrieved=tables_retrieved,
+            conversation_id=conversation_id,
+            message_id=message_id,
+            metadata=metadata,
+        )
+
+
+def current_session() -> SessionState[Any] | None:
     """The innermost open session in this thread or task, if any."""
     return _current_session.get()
 

@@ -6,14 +6,19 @@ import asyncio
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
 import grpc
 
 from processflow.client import config
-from processflow.client.core import SessionState, StepState, current_session
+from processflow.client.core import (
+    SessionState,
+    StepState,
+    TrackerCore,
+    current_session,
+)
 from processflow.client.errors import TrackerError, translate
 from processflow.v1 import processflow_service_pb2 as api
 from processflow.v1 import processflow_service_pb2_grpc as api_grpc
@@ -25,32 +30,120 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-class Tracker:
+class Step(StepState):
+    """A step of a ``Session``; see ``Session.step``."""
+
+    session: Session
+
+    def __enter__(self) -> Step:
+        self.send_begin()
+        self.enter_context()
+        return self
+
+    def __exit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.exit_context()
+        self.send_end(error)
+
+    def send_begin(self) -> None:
+        self.session.owner.call("RecordStep", self.begin_request())
+
+    def send_end(self, error: BaseException | None) -> None:
+        _send_while_unwinding(
+            self.session.owner, "RecordStep", self.end_request(error), error
+        )
+
+    def llm_call(self, **fields: Any) -> res.LlmCall:
+        return self.session.llm_call(step_id=self.step_id, **fields)
+
+
+class Session(SessionState[Step]):
+    """A session of a ``Tracker``; see ``Tracker.session``."""
+
+    owner: Tracker
+    step_class = Step
+
+    def __enter__(self) -> Session:
+        self.owner.call("StartSession", self.start_request())
+        self.enter_context()
+        return self
+
+    def __exit__(
+        self,
+        error_type: type[BaseException] | None,
+        error: BaseException | None,
+        _tb: TracebackType | None,
+    ) -> None:
+        self.exit_context()
+        request = self.exit_request(error)
+        if request is not None:
+            _send_while_unwinding(self.owner, "CompleteSession", request, error)
+
+    def llm_call(self, *, step_id: str | None = None, **fields: Any) -> res.LlmCall:
+        """Records one LLM call, under the open step unless ``step_id`` is
+        given. Fields: see ``RecordLlmCallRequest``."""
+        response = self.owner.call(
+            "RecordLlmCall", self.llm_call_request(step_id, **fields)
+        )
+        return cast(res.LlmCall, response.call)
+
+    def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
+        """Appends a session-level log line now."""
+        self.owner.call("AppendLogs", self.logs_request(message, level=level, **fields))
+
+    def complete(
+        self,
+        *,
+        status: str = "completed",
+        generated_sql: str = "",
+        execution_result: str = "",
+        error_message: str = "",
+        overall_confidence: float | None = None,
+    ) -> res.Session:
+        """Ends the session now (the context then sends nothing more)."""
+        request = self.complete_request(
+            status,
+            generated_sql=generated_sql,
+            execution_result=execution_result,
+            error_message=error_message,
+            overall_confidence=overall_confidence,
+        )
+        try:
+            response = self.owner.call("CompleteSession", request)
+        except TrackerError:
+            # Not completed: leaving the context completes it after all.
+            self.status = "running"
+            raise
+        return cast(res.Session, response.session)
+
+    def fail(self, error_message: str, **fields: Any) -> res.Session:
+        return self.complete(status="error", error_message=error_message, **fields)
+
+
+class Tracker(TrackerCore[Session]):
     """Records sessions over one gRPC channel to ``target`` ($PROCESSFLOW_TARGET
     or 127.0.0.1:50051 when not given). ``api_key`` (else $PROCESSFLOW_API_KEY)
     is sent as a bearer token; ``credentials`` turn TLS on. Use as a context
-    manager, or call ``close()``. Safe to share between threads."""
+    manager, or call ``close()``. Safe to share between threads. Sessions:
+    see ``TrackerCore.session``."""
 
-    def __init__(
+    session_class = Session
+
+    def _connect(
         self,
-        target: str | None = None,
-        *,
-        deadline_seconds: float = config.DEFAULT_DEADLINE_SECONDS,
-        api_key: str | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-        metadata: Sequence[tuple[str, str]] = (),
-        service_config: dict[str, Any] | None = None,
-        options: Sequence[tuple[str, Any]] = (),
+        credentials: grpc.ChannelCredentials | None,
+        service_config: dict[str, Any] | None,
+        options: Sequence[tuple[str, Any]],
     ) -> None:
-        target = target or config.default_target()
-        self.target = target
-        self.deadline_seconds = deadline_seconds
-        self._metadata = config.call_metadata(api_key, metadata)
         self._channel = config.create_channel(
-            target,
+            self.target,
             credentials=credentials,
             service_config=service_config,
-            deadline_seconds=deadline_seconds,
+            deadline_seconds=self.deadline_seconds,
             options=options,
         )
         self.stub = api_grpc.ProcessFlowServiceStub(self._channel)
@@ -74,38 +167,6 @@ class Tracker:
             )
         except grpc.RpcError as error:
             raise translate(method, error) from error
-
-    def session(
-        self,
-        user_id: str,
-        query: str,
-        *,
-        session_id: str | None = None,
-        query_type: str = "",
-        intent: str = "",
-        domain: str = "",
-        template: str = "",
-        tables_retrieved: Iterable[str] = (),
-        conversation_id: str = "",
-        message_id: str = "",
-        metadata: Mapping[str, Any] | None = None,
-    ) -> Session:
-        """A session to open with ``with``: started on entry, completed on
-        exit (status error when the block raises) unless completed before."""
-        return Session(
-            self,
-            user_id,
-            query,
-            session_id=session_id,
-            query_type=query_type,
-            intent=intent,
-            domain=domain,
-            template=template,
-            tables_retrieved=tables_retrieved,
-            conversation_id=conversation_id,
-            message_id=message_id,
-            metadata=metadata,
-        )
 
     def get_session(self, session_id: str) -> res.Session:
         response = self.call("GetSession", api.GetSessionRequest(session_id=session_id))
@@ -189,128 +250,6 @@ def _wrap_coroutine(
         return result
 
     return wrapper
-
-
-class Session(SessionState):
-    """A session of a ``Tracker``; see ``Tracker.session``."""
-
-    owner: Tracker
-
-    def __enter__(self) -> Session:
-        self.owner.call("StartSession", self.start_request())
-        self.enter_context()
-        return self
-
-    def __exit__(
-        self,
-        error_type: type[BaseException] | None,
-        error: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.exit_context()
-        request = self.exit_request(error)
-        if request is not None:
-            _send_while_unwinding(self.owner, "CompleteSession", request, error)
-
-    def step(
-        self,
-        code: str,
-        *,
-        step_id: str | None = None,
-        name: str = "",
-        description: str = "",
-        input: str | None = None,
-        metadata: Mapping[str, Any] | None = None,
-        step_order: int | None = None,
-    ) -> Step:
-        """A step to open with ``with``, nested under the step open in this
-        context, if any."""
-        return Step(
-            self,
-            code,
-            parent=self.enclosing_step(),
-            step_id=step_id,
-            name=name,
-            description=description,
-            input=input,
-            metadata=metadata,
-            step_order=step_order,
-        )
-
-    def llm_call(self, *, step_id: str | None = None, **fields: Any) -> res.LlmCall:
-        """Records one LLM call, under the open step unless ``step_id`` is
-        given. Fields: see ``RecordLlmCallRequest``."""
-        response = self.owner.call(
-            "RecordLlmCall", self.llm_call_request(step_id, **fields)
-        )
-        return cast(res.LlmCall, response.call)
-
-    def log(self, message: str, *, level: str = "info", **fields: Any) -> None:
-        """Appends a session-level log line now."""
-        self.owner.call("AppendLogs", self.logs_request(message, level=level, **fields))
-
-    def complete(
-        self,
-        *,
-        status: str = "completed",
-        generated_sql: str = "",
-        execution_result: str = "",
-        error_message: str = "",
-        overall_confidence: float | None = None,
-    ) -> res.Session:
-        """Ends the session now (the context then sends nothing more)."""
-        request = self.complete_request(
-            status,
-            generated_sql=generated_sql,
-            execution_result=execution_result,
-            error_message=error_message,
-            overall_confidence=overall_confidence,
-        )
-        try:
-            response = self.owner.call("CompleteSession", request)
-        except TrackerError:
-            # Not completed: leaving the context completes it after all.
-            self.status = "running"
-            raise
-        return cast(res.Session, response.session)
-
-    def fail(self, error_message: str, **fields: Any) -> res.Session:
-        return self.complete(status="error", error_message=error_message, **fields)
-
-
-class Step(StepState):
-    """A step of a ``Session``; see ``Session.step``."""
-
-    session: Session
-
-    def __enter__(self) -> Step:
-        self.send_begin()
-        self.enter_context()
-        return self
-
-    def __exit__(
-        self,
-        error_type: type[BaseException] | None,
-        error: BaseException | None,
-        _tb: TracebackType | None,
-    ) -> None:
-        self.exit_context()
-        self.send_end(error)
-
-    def send_begin(self) -> None:
-        self.session.owner.call("RecordStep", self.begin_request())
-
-    def send_end(self, error: BaseException | None) -> None:
-        _send_while_unwinding(
-            self.session.owner, "RecordStep", self.end_request(error), error
-        )
-
-    def step(self, code: str, **fields: Any) -> Step:
-        """A child step of this one."""
-        return Step(self.session, code, parent=self, **fields)
-
-    def llm_call(self, **fields: Any) -> res.LlmCall:
-        return self.session.llm_call(step_id=self.step_id, **fields)
 
 
 def _send_while_unwinding(

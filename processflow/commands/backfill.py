@@ -20,15 +20,16 @@ import sqlalchemy as sa
 from outbox_relay import derive
 from outbox_relay.backfill import BackfillResult, ProgressFile, backfill, validate_sinks
 from outbox_relay.settings import SINKS
-from processflow import log as logsetup
-from processflow.commands.verify import (
+from processflow.commands._coverage_args import (
     CoverageSettings,
+    DatabaseUnready,
     add_scope_arguments,
-    missing_tables,
+    load_settings,
+    open_databases,
     parse_time,
 )
-from processflow.db import create_engine, normalize_url
-from processflow.settings import SettingsError, add_arguments, load
+from processflow.db import normalize_url
+from processflow.settings import SettingsError, add_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +106,7 @@ def count_sessions(engine: sa.Engine, scope: derive.SessionFilter) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = load(CoverageSettings, args)
-    logsetup.configure(settings.log_format, settings.log_level)
+    settings = load_settings(args)
     try:
         sinks = validate_sinks(args.sink)
     except ValueError as error:
@@ -131,48 +131,22 @@ def run(args: argparse.Namespace) -> int:
     progress = ProgressFile(
         Path(args.progress_file) if args.progress_file else None, fingerprint
     )
-    main = create_engine(settings.database_url)
-    legacy = (
-        create_engine(settings.legacy_database_url)
-        if settings.legacy_database_url
-        else main
-    )
     try:
-        absent = missing_tables(main, legacy)
-        if absent:
-            print(
-                f"processflow backfill: table {absent[0]} is missing; "
-                "run processflow migrate",
-                file=sys.stderr,
+        with open_databases(settings) as (main, legacy):
+            line = ProgressLine(count_sessions(main, scope), sys.stderr)
+            result = backfill(
+                main,
+                legacy,
+                scope,
+                sinks,
+                page_size=settings.page_size,
+                progress=progress,
+                report=line,
             )
-            return 2
-        line = ProgressLine(count_sessions(main, scope), sys.stderr)
-        result = backfill(
-            main,
-            legacy,
-            scope,
-            sinks,
-            page_size=settings.page_size,
-            progress=progress,
-            report=line,
-        )
-        line.finish()
-    except (sa.exc.OperationalError, sa.exc.InterfaceError) as error:
-        print(
-            f"processflow backfill: cannot reach the database: {error.orig}",
-            file=sys.stderr,
-        )
+            line.finish()
+    except DatabaseUnready as error:
+        print(f"processflow backfill: {error}", file=sys.stderr)
         return 2
-    except sa.exc.ProgrammingError as error:
-        print(
-            f"processflow backfill: the database is not migrated ({error.orig}); "
-            "run processflow migrate",
-            file=sys.stderr,
-        )
-        return 2
-    finally:
-        main.dispose()
-        legacy.dispose()
     logger.info(
         "backfill finished: %d rows written",
         result.written,
