@@ -216,9 +216,11 @@ def apply_batch(
 def _apply(
     connection: sa.Connection, items: Sequence[PlannedEvent], now: dt.datetime
 ) -> None:
-    legacy_store.execute_effects(
-        connection, [effect for item in items for effect in item.effects]
-    )
+    # The ledger first: the counters execute_effects upserts last are rows
+    # that every batch shares, so their locks should be the last taken.
     legacy_store.insert_applied_events(
         connection, [item.ledger_row(now) for item in items]
+    )
+    legacy_store.execute_effects(
+        connection, [effect for item in items for effect in item.effects]
     )

@@ -1,15 +1,23 @@
 """Set-based statements for a legacy database on PostgreSQL.
 
-Each statement takes its rows as one array per column and unnests them, so
-a batch of any size costs one statement per table (and per update shape),
-with a fixed SQL text that PostgreSQL prepares once. outbox_relay.legacy_store
-decides what is written and keeps the portable statements that every other
-engine uses; this module only says how to write it on PostgreSQL.
+A batch of any size costs one statement per table (and per update shape).
+outbox_relay.legacy_store decides what is written and keeps the portable
+statements that every other engine uses; this module only says how to
+write it on PostgreSQL.
 
-The arrays are cast to base types (text, bigint, numeric, ...), not to the
-columns' own types, so every value then goes through the same assignment
-cast as in a plain INSERT or UPDATE: a value too long or out of range fails
-the statement the same way.
+New rows go in with ``COPY ... FROM STDIN`` in binary: psycopg writes each
+row in C (an array parameter is built element by element in Python, and
+text COPY escapes every byte of the long prompts), and PostgreSQL inserts
+them in bulk, firing the same constraints and triggers as an INSERT. Each
+value is sent as its column's base type and read by the column's own
+receive function, so a value too long or out of range fails the statement,
+as an INSERT's would, and the batch falls back to one event at a time.
+
+Updates and upserts take their rows as one array per column and unnest
+them, with a fixed SQL text that PostgreSQL prepares once. The arrays are
+cast to base types (text, bigint, numeric, ...), not to the columns' own
+types, so every value then goes through the same assignment cast as in a
+plain UPDATE.
 
 TokenUsageAnalytics and ProcessFlow's contributions are upserted with
 ``INSERT ... ON CONFLICT DO UPDATE``: the inserted values are the ones the
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 from operator import itemgetter
 from typing import Any
 
@@ -30,6 +39,7 @@ from sqlalchemy.dialects import postgresql
 
 from outbox_relay import legacy_schema as ls
 from outbox_relay.pg_arrays import BinaryArray
+from outbox_relay.pg_driver import driver_cursor
 
 _usage = ls.token_usage_analytics
 _contributions = ls.token_usage_contributions
@@ -108,24 +118,86 @@ def _tuples(
     return list(map(itemgetter(*names), rows))
 
 
+_POSTGRESQL = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
 @functools.cache
-def _insert_statement(table_name: str, names: tuple[str, ...]) -> sa.Insert:
+def _copy_statement(table_name: str, names: tuple[str, ...], binary: bool) -> str:
+    quote = _POSTGRESQL.identifier_preparer.quote
+    columns = ", ".join(quote(name) for name in names)
+    binary_format = " (FORMAT BINARY)" if binary else ""
+    return f"COPY {quote(table_name)} ({columns}) FROM STDIN{binary_format}"
+
+
+# Subclasses before their bases (BigInteger is an Integer, Text a String).
+# Integers carry their range: psycopg would wrap an out-of-range value
+# around in a binary int4, where PostgreSQL must reject it.
+_COPY_TYPES: tuple[tuple[type[sa.types.TypeEngine[Any]], str, int], ...] = (
+    (sa.Boolean, "bool", 0),
+    (sa.BigInteger, "int8", 2**63),
+    (sa.SmallInteger, "int2", 2**15),
+    (sa.Integer, "int4", 2**31),
+    (sa.Numeric, "numeric", 0),
+    (sa.DateTime, "timestamp", 0),
+    (sa.Date, "date", 0),
+    (sa.String, "text", 0),
+)
+
+
+@dataclass(frozen=True)
+class _CopyLayout:
+    """How one table's rows with the given columns go in binary."""
+
+    types: list[str]
+    # (position, bound) of each integer column: -bound <= value < bound.
+    integers: list[tuple[int, int]]
+
+    def fits(self, rows: Sequence[tuple[Any, ...]]) -> bool:
+        """Whether every integer is in its column's range."""
+        return all(
+            row[i] is None or -bound <= row[i] < bound
+            for i, bound in self.integers
+            for row in rows
+        )
+
+
+@functools.cache
+def _copy_layout(table_name: str, names: tuple[str, ...]) -> _CopyLayout:
     table = ls.metadata.tables[table_name]
-    source = _unnest([table.c[name] for name in names])
-    return sa.insert(table).from_select(list(names), sa.select(*source.c))
+    types: list[str] = []
+    integers: list[tuple[int, int]] = []
+    for position, name in enumerate(names):
+        column_type = table.c[name].type
+        kind, bound = next(
+            (kind, bound)
+            for base, kind, bound in _COPY_TYPES
+            if isinstance(column_type, base)
+        )
+        types.append(kind)
+        if bound:
+            integers.append((position, bound))
+    return _CopyLayout(types, integers)
 
 
 def insert_rows(
     connection: sa.Connection, table: sa.Table, rows: Sequence[dict[str, Any]]
-) -> bool:
-    """Inserts ``rows`` (all with the same keys) in one statement; False,
-    having done nothing, when they cannot go as arrays."""
+) -> None:
+    """Inserts ``rows`` (all with the same keys) with one COPY: binary when
+    every value fits its column's binary form, else text, which leaves the
+    verdict on a bad value to PostgreSQL."""
     names = tuple(rows[0])
-    params = _arrays(_tuples(rows, names))
-    if params is None:
-        return False
-    connection.execute(_insert_statement(table.name, names), params)
-    return True
+    values = _tuples(rows, names)
+    layout = _copy_layout(table.name, names)
+    binary = layout.fits(values)
+    statement = _copy_statement(table.name, names, binary)
+    with (
+        driver_cursor(connection, statement) as cursor,
+        cursor.copy(statement) as copy,
+    ):
+        if binary:
+            copy.set_types(layout.types)
+        for row in values:
+            copy.write_row(row)
 
 
 @functools.cache

@@ -109,8 +109,7 @@ def insert_rows(
         return
     if set_based(connection):
         for group in _by_columns(rows):
-            if not legacy_bulk.insert_rows(connection, table, group):
-                connection.execute(sa.insert(table), group)
+            legacy_bulk.insert_rows(connection, table, group)
         return
     connection.execute(sa.insert(table), list(rows))
 

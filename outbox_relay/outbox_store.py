@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from outbox_relay.pg_arrays import BinaryArray, array_parameter
+from outbox_relay.pg_driver import driver_cursor
 from processflow.db import is_postgresql
 from server.schema import outbox
 
@@ -89,16 +90,82 @@ def claim_pending_events(
     sessions = 0
     wanted = max(1, limit // FIRST_HEADS_SHARE)
     for _ in range(MAX_CLAIM_ROUNDS):
-        heads = _claim_heads(connection, now, wanted, [e.id for e in claimed])
-        claimed += heads
-        sessions += len(heads)
-        if heads and len(claimed) < limit:
-            claimed += _claim_runs(connection, heads, limit - len(claimed))
         room = limit - len(claimed)
-        if len(heads) < wanted or room <= 0:
+        claimed_ids = [e.id for e in claimed]
+        if is_postgresql(connection):
+            events, heads = _claim_round(connection, now, wanted, room, claimed_ids)
+        else:
+            head_events = _claim_heads(connection, now, wanted, claimed_ids)
+            events, heads = head_events, len(head_events)
+            if head_events and len(head_events) < room:
+                events += _claim_runs(connection, head_events, room - heads)
+        claimed += events
+        sessions += heads
+        room = limit - len(claimed)
+        if heads < wanted or room <= 0:
             break
         wanted = max(1, min(room, room * sessions // len(claimed)))
     return _contiguous(_ordered(claimed))
+
+
+# One round on PostgreSQL, in one statement: lock up to %(heads)s heads (the
+# query of _claim_heads), then return them first and their sessions' other
+# pending events after them (those of _claim_runs), up to %(room)s in all.
+# Heads come first so that the limit only ever cuts a run, never a head.
+# The text is fixed, so PostgreSQL prepares it once, and it runs on the
+# driver directly: the batch's hottest rows skip SQLAlchemy's row objects.
+_CLAIM_ROUND = """
+WITH heads AS MATERIALIZED (
+    SELECT o.id, o.session_id
+    FROM process_flow_outbox AS o
+    WHERE o.status = 'pending'
+      AND o.next_attempt_at <= %(now)s
+      AND o.id <> ALL(%(claimed)s::bigint[])
+      AND NOT EXISTS (
+          SELECT 1 FROM process_flow_outbox AS previous
+          WHERE previous.session_id = o.session_id
+            AND previous.sequence = o.sequence - 1
+            AND previous.status IN ('pending', 'dead')
+      )
+    ORDER BY o.id
+    LIMIT %(heads)s
+    FOR UPDATE OF o SKIP LOCKED
+)
+SELECT o.id, o.event_id, o.session_id, o.sequence, o.event_type, o.payload,
+       o.attempts, o.id = heads.id AS head
+FROM process_flow_outbox AS o
+JOIN heads ON heads.session_id = o.session_id
+WHERE o.status = 'pending'
+ORDER BY o.id = heads.id DESC, o.session_id, o.sequence
+LIMIT %(room)s
+FOR UPDATE OF o SKIP LOCKED
+"""
+
+
+def _claim_round(
+    connection: sa.Connection,
+    now: dt.datetime,
+    heads: int,
+    room: int,
+    claimed_ids: list[int],
+) -> tuple[list[ClaimedEvent], int]:
+    """(events claimed, how many of them are heads)."""
+    with driver_cursor(connection, _CLAIM_ROUND) as cursor:
+        cursor.execute(
+            _CLAIM_ROUND,
+            {
+                "now": now,
+                "claimed": BinaryArray(claimed_ids),
+                "heads": heads,
+                "room": room,
+            },
+            prepare=True,
+            # Payloads come as they are stored, not hex-encoded and decoded.
+            binary=True,
+        )
+        rows = cursor.fetchall()
+    events = [ClaimedEvent(*row[:7]) for row in rows]
+    return events, sum(1 for row in rows if row[7])
 
 
 def _claim_heads(
@@ -204,6 +271,18 @@ def mark_events_applied(
     )
 
 
+def mark_events_pending(connection: sa.Connection, ids: Sequence[int]) -> None:
+    """Puts events marked applied earlier in the transaction back as they
+    were: pending, never settled (their attempts were not touched)."""
+    if not ids:
+        return
+    connection.execute(
+        sa.update(outbox)
+        .where(_o.id.in_(list(ids)))
+        .values(status=PENDING, settled_at=None)
+    )
+
+
 def record_event_failure(
     connection: sa.Connection,
     event_id: int,
@@ -218,6 +297,7 @@ def record_event_failure(
         .where(_o.id == event_id)
         .values(
             status=DEAD if dead else PENDING,
+            settled_at=None,
             attempts=attempts,
             next_attempt_at=next_attempt_at,
             last_error=error,

@@ -5,7 +5,11 @@ One batch is one outbox transaction that holds the claimed rows' locks from
 the claim to the acknowledgement:
 
 - legacy tables in the same database: legacy rows, ledger rows and the
-  acknowledgement commit together, on one connection;
+  acknowledgement commit together, on one connection. The claimed events
+  are marked applied first and the few that were not (failed, or waiting
+  behind a failure) are put back before the commit, so no other relay ever
+  sees the difference; the counters, the rows every batch shares, are then
+  locked only for the last statements of the transaction;
 - legacy tables elsewhere: the legacy transaction commits rows and ledger
   first, then the outbox transaction marks the events applied. A crash in
   between leaves the events pending; their redelivery finds the ledger rows
@@ -15,6 +19,12 @@ A database that cannot be reached is an outage, not a fault of the events:
 the batch rolls back without counting attempts and the whole relay backs
 off. The loop waits for a wake-up (LISTEN on PostgreSQL, ``wake()`` in
 process) or the poll interval, so a lost wake-up costs latency, never data.
+
+On PostgreSQL ``run`` settles WORKERS batches at once, each in its own
+thread on its own connections, exactly as that many relays would: the row
+locks keep their claims apart and their sessions' order intact. One batch's
+Python work (decoding, the rules) then overlaps the other's time in the
+database, which on its own leaves either side idle half the time.
 """
 
 from __future__ import annotations
@@ -47,6 +57,10 @@ log = logging.getLogger(__name__)
 
 # Most prune statements per pass, so pruning a large backlog never stalls the relay.
 PRUNE_STATEMENTS_PER_PASS = 50
+# Batches settled at once on PostgreSQL. Two keep both the relay's Python
+# and the database busy; more only queue on the same counter rows. SQLite
+# serialises writers, so there a second one would only wait.
+WORKERS = 2
 
 
 class DatabaseUnavailable(Exception):
@@ -79,19 +93,25 @@ class Relay:
         self.shared_database = normalize_url(
             settings.effective_legacy_database_url
         ) == normalize_url(settings.database_url)
-        self._outbox = create_engine(settings.database_url, pool_size=2)
+        self.workers = 1 if is_sqlite(settings.database_url) else WORKERS
+        # Each worker holds one outbox connection; pruning takes one more.
+        self._outbox = create_engine(settings.database_url, pool_size=self.workers + 1)
         self._legacy = (
             self._outbox
             if self.shared_database
-            else create_engine(settings.effective_legacy_database_url, pool_size=2)
+            else create_engine(
+                settings.effective_legacy_database_url, pool_size=self.workers
+            )
         )
         self._disabled = frozenset(settings.disabled_sinks)
         self._event_backoff = EventBackoff(settings)
-        self._outage_backoff = OutageBackoff(settings)
         self._wakeup = threading.Event()
         self._wake_source = "in_process"
-        self._busy = threading.Lock()
+        # Batches in flight, so that shutdown can wait for them to finish.
+        self._in_flight = 0
+        self._settled = threading.Condition()
         self._active: list[sa.Connection] = []
+        self._outage_lock = threading.Lock()
         self._outage_since: float | None = None
         self._outage_reported_at: float | None = None
         self._last_prune = -math.inf
@@ -125,25 +145,36 @@ class Relay:
         return self.settle_batch().applied
 
     def settle_batch(self) -> BatchResult:
-        with self._busy:
-            started = time.monotonic()
-            try:
-                claimed, outcome = self._claim_apply_acknowledge()
-            except Exception as error:
-                if is_connection_error(error):
-                    side = "legacy" if self.shared_database else "outbox"
-                    raise DatabaseUnavailable(side, error) from error
-                if is_conflict(error):
-                    raise BatchConflict(describe_error(error)) from error
-                raise
-            if outcome is None:
-                return BatchResult(0, 0, 0)
-            elapsed = time.monotonic() - started
-            self._report(claimed, outcome, elapsed)
-            relay_metrics.observe_batch(
-                claimed, outcome, elapsed, self._disabled, self.settings.max_attempts
-            )
-            return BatchResult(len(claimed), len(outcome.applied), len(outcome.failed))
+        """Claims and settles one batch (thread-safe: each call uses its own
+        connections)."""
+        with self._settled:
+            self._in_flight += 1
+        try:
+            return self._settle_batch()
+        finally:
+            with self._settled:
+                self._in_flight -= 1
+                self._settled.notify_all()
+
+    def _settle_batch(self) -> BatchResult:
+        started = time.monotonic()
+        try:
+            claimed, outcome = self._claim_apply_acknowledge()
+        except Exception as error:
+            if is_connection_error(error):
+                side = "legacy" if self.shared_database else "outbox"
+                raise DatabaseUnavailable(side, error) from error
+            if is_conflict(error):
+                raise BatchConflict(describe_error(error)) from error
+            raise
+        if outcome is None:
+            return BatchResult(0, 0, 0)
+        elapsed = time.monotonic() - started
+        self._report(claimed, outcome, elapsed)
+        relay_metrics.observe_batch(
+            claimed, outcome, elapsed, self._disabled, self.settings.max_attempts
+        )
+        return BatchResult(len(claimed), len(outcome.applied), len(outcome.failed))
 
     def _claim_apply_acknowledge(
         self,
@@ -159,11 +190,15 @@ class Relay:
                     if not events:
                         return events, None
                     if self.shared_database:
+                        outbox_store.mark_events_applied(
+                            connection, [e.id for e in events], now
+                        )
                         outcome = self._apply(connection, events, now)
+                        self._acknowledge(connection, outcome, now, marked=True)
                     else:
                         outcome = self._apply_on_legacy_database(events, now)
                         self.after_legacy_commit(outcome)
-                    self._acknowledge(connection, outcome, now)
+                        self._acknowledge(connection, outcome, now)
                 return events, outcome
             finally:
                 self._active.remove(connection)
@@ -190,11 +225,24 @@ class Relay:
             raise
 
     def _acknowledge(
-        self, connection: sa.Connection, outcome: BatchOutcome, now: dt.datetime
+        self,
+        connection: sa.Connection,
+        outcome: BatchOutcome,
+        now: dt.datetime,
+        *,
+        marked: bool = False,
     ) -> None:
-        outbox_store.mark_events_applied(
-            connection, [e.id for e in outcome.applied], now
-        )
+        """Settles the batch's events in the outbox transaction. ``marked``:
+        every claimed event was already marked applied; put back the ones
+        that were not."""
+        if marked:
+            outbox_store.mark_events_pending(
+                connection, [e.id for e in outcome.waiting]
+            )
+        else:
+            outbox_store.mark_events_applied(
+                connection, [e.id for e in outcome.applied], now
+            )
         for event, error in outcome.failed:
             attempts = event.attempts + 1
             delay = self._event_backoff.seconds_after(attempts)
@@ -282,8 +330,8 @@ class Relay:
     # The loop.
 
     def run(self, stop: threading.Event) -> None:
-        """Settles batches until ``stop`` is set; then finishes the current
-        batch, or rolls it back once shutdown_grace_seconds have passed."""
+        """Settles batches until ``stop`` is set; then finishes the batches
+        in flight, or rolls them back once shutdown_grace_seconds have passed."""
         listener = None
         if not is_sqlite(self.settings.database_url):
             listener = OutboxListener(
@@ -298,50 +346,80 @@ class Relay:
             daemon=True,
         )
         watchdog.start()
+        helpers = [
+            threading.Thread(
+                target=self._work,
+                args=(stop, False),
+                name=f"relay-worker-{number}",
+                daemon=True,
+            )
+            for number in range(1, self.workers)
+        ]
         log.info(
             "relay started",
-            extra={"event": "relay_started", "shared_database": self.shared_database},
+            extra={
+                "event": "relay_started",
+                "shared_database": self.shared_database,
+                "workers": self.workers,
+            },
         )
         try:
-            while not stop.is_set():
-                try:
-                    result = self.settle_batch()
-                    self._prune_if_due(idle=result.claimed == 0)
-                except DatabaseUnavailable as error:
-                    self._report_outage(error)
-                    stop.wait(self._outage_backoff.next_wait())
-                    continue
-                except BatchConflict as error:
-                    log.warning(
-                        "batch rolled back by a conflict; trying again",
-                        extra={"event": "outbox_batch_conflict", "error": str(error)},
-                    )
-                    stop.wait(self.settings.retry_initial_seconds)
-                    continue
-                except Exception:
-                    log.exception(
-                        "relay batch failed", extra={"event": "outbox_batch_failed"}
-                    )
-                    stop.wait(self._outage_backoff.next_wait())
-                    continue
-                self._end_outage()
-                if result.claimed == 0:
-                    # Cleared only once consumed: a wake-up that came while
-                    # the batch ran makes this wait return at once, and one
-                    # that comes after the clear finds a batch about to run.
-                    woken = self._wakeup.wait(self.settings.poll_interval_seconds)
-                    self._wakeup.clear()
-                    record_relay_wakeup(self._wake_source if woken else "poll")
+            for helper in helpers:
+                helper.start()
+            self._work(stop, True)
         finally:
+            for helper in helpers:
+                helper.join()
             if listener is not None:
                 listener.stop()
             log.info("relay stopped", extra={"event": "relay_stopped"})
 
+    def _work(self, stop: threading.Event, prunes: bool) -> None:
+        """One worker's loop; only one worker prunes."""
+        outage_backoff = OutageBackoff(self.settings)
+        while not stop.is_set():
+            try:
+                result = self.settle_batch()
+                if prunes:
+                    self._prune_if_due(idle=result.claimed == 0)
+            except DatabaseUnavailable as error:
+                self._report_outage(error)
+                stop.wait(outage_backoff.next_wait())
+                continue
+            except BatchConflict as error:
+                log.warning(
+                    "batch rolled back by a conflict; trying again",
+                    extra={"event": "outbox_batch_conflict", "error": str(error)},
+                )
+                stop.wait(self.settings.retry_initial_seconds)
+                continue
+            except Exception:
+                log.exception(
+                    "relay batch failed", extra={"event": "outbox_batch_failed"}
+                )
+                stop.wait(outage_backoff.next_wait())
+                continue
+            outage_backoff.reset()
+            self._end_outage()
+            if result.claimed == 0:
+                # Cleared only once consumed: a wake-up that came while the
+                # batch ran makes this wait return at once, and one that
+                # comes after the clear finds a batch about to run. With two
+                # workers, the one that consumes it runs the next batch, and
+                # a worker that claimed something never waits at all.
+                woken = self._wakeup.wait(self.settings.poll_interval_seconds)
+                self._wakeup.clear()
+                record_relay_wakeup(self._wake_source if woken else "poll")
+
     def _watch_for_stop(self, stop: threading.Event) -> None:
         stop.wait()
         self._wakeup.set()
-        if self._busy.acquire(timeout=self.settings.shutdown_grace_seconds):
-            self._busy.release()
+        with self._settled:
+            finished = self._settled.wait_for(
+                lambda: self._in_flight == 0,
+                timeout=self.settings.shutdown_grace_seconds,
+            )
+        if finished:
             return
         log.warning(
             "batch still running at the end of the grace period; rolling it back",
@@ -351,6 +429,10 @@ class Relay:
             _cancel(connection)
 
     def _report_outage(self, error: DatabaseUnavailable) -> None:
+        with self._outage_lock:
+            self._report_outage_locked(error)
+
+    def _report_outage_locked(self, error: DatabaseUnavailable) -> None:
         now = time.monotonic()
         if self._outage_since is None:
             self._outage_since = now
@@ -371,18 +453,21 @@ class Relay:
             )
 
     def _end_outage(self) -> None:
-        self._outage_backoff.reset()
         if self._outage_since is None:
             return
-        log.info(
-            "database reachable again",
-            extra={
-                "event": "database_reachable",
-                "outage_seconds": round(time.monotonic() - self._outage_since, 1),
-            },
-        )
-        self._outage_since = None
-        self._outage_reported_at = None
+        with self._outage_lock:
+            since = self._outage_since
+            if since is None:
+                return
+            log.info(
+                "database reachable again",
+                extra={
+                    "event": "database_reachable",
+                    "outage_seconds": round(time.monotonic() - since, 1),
+                },
+            )
+            self._outage_since = None
+            self._outage_reported_at = None
 
 
 def _seconds(value: float) -> dt.timedelta:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import uuid
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -220,10 +221,31 @@ def occurred_at(event: events_pb2.OutboxEvent, now: dt.datetime) -> dt.datetime:
 
 # json.dumps with these options builds a new encoder at every call.
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+_encode_string = json.encoder.encode_basestring
+# Scalars whose JSON text _JSON would write with repr() (bool is an int, so
+# it is listed first and never reaches repr).
+_SCALAR_TEXT: dict[Any, str] = {None: "null", True: "true", False: "false"}
 
 
 def metadata_json(values: dict[str, Any]) -> str:
-    return _JSON.encode(values)
+    """``_JSON.encode(values)`` for a flat object, written directly: even
+    the C encoder is built afresh at every one-shot call, which for the
+    relay's two small objects per session costs more than the text itself.
+    Anything but strings, None, booleans, ints and finite floats goes
+    through the encoder."""
+    parts = []
+    for key, value in values.items():
+        kind = type(value)
+        if kind is str:
+            text = _encode_string(value)
+        elif value is None or kind is bool:
+            text = _SCALAR_TEXT[value]
+        elif kind is int or (kind is float and math.isfinite(value)):
+            text = repr(value)
+        else:
+            return _JSON.encode(values)
+        parts.append(f"{_encode_string(key)}:{text}")
+    return "{" + ",".join(parts) + "}"
 
 
 def _text_or_none(value: str) -> str | None:
@@ -282,10 +304,14 @@ def step_finished(event: events_pb2.OutboxEvent, now: dt.datetime) -> list[Effec
     if step.status not in TERMINAL_STEP_STATUSES:
         raise RuleError(f"step_finished.status is not terminal: {step.status}")
     at = occurred_at(event, now)
+    step_type = step.step_type
+    prompt_construction = is_prompt_construction(step_type, step.parent_step_type)
+    if not prompt_construction and step_type != SQL_EXECUTION:
+        return []  # Most steps have no legacy row.
     completed = step.status == resources_pb2.STEP_STATUS_COMPLETED
     effects: list[Effect] = []
 
-    if is_prompt_construction(step.step_type, step.parent_step_type):
+    if prompt_construction:
         end_time = timestamp(step, "end_time")
         row = {
             "Id": legacy_id(STEPS, event.session_id, step.step_id),
@@ -306,7 +332,7 @@ def step_finished(event: events_pb2.OutboxEvent, now: dt.datetime) -> list[Effec
         }
         effects.append(RowInsert(STEPS, fit(STEPS, row), requires=TRACES))
 
-    if step.step_type == PROMPT_BUILDING and completed:
+    if step_type == PROMPT_BUILDING and completed:
         effects.append(
             RowUpdate(
                 PST,
@@ -324,7 +350,7 @@ def step_finished(event: events_pb2.OutboxEvent, now: dt.datetime) -> list[Effec
             )
         )
 
-    if step.step_type == SQL_EXECUTION:
+    if step_type == SQL_EXECUTION:
         values = {
             "SQLExecutionSuccess": completed,
             "SQLExecutionError": _text_or_none(step.error_message),
