@@ -23,8 +23,8 @@ from processflow.db import create_engine, is_sqlite
 from processflow.metrics import MetricsServer, start_metrics_server
 from processflow.v1 import processflow_service_pb2 as pb
 from processflow.v1 import processflow_service_pb2_grpc as pb_grpc
-from server.auth import Authenticator, AuthInterceptor, KeysFileError, KeyStore
-from server.interceptors import BoundaryInterceptor
+from server.auth import Authenticator, AuthWrapper, KeysFileError, KeyStore
+from server.interceptors import Boundary, add_wrapped_service
 from server.servicer import ProcessFlowServicer
 from server.settings import ServerSettings
 from server.store import Store
@@ -93,11 +93,6 @@ class Application:
         )
         self.health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.server = grpc.aio.server(
-            # The boundary is outermost so that it maps the auth refusals too.
-            interceptors=[
-                BoundaryInterceptor(),
-                AuthInterceptor(Authenticator(self.keys)),
-            ],
             options=[
                 ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
                 ("grpc.so_reuseport", 0),
@@ -119,7 +114,13 @@ class Application:
 
     async def start(self) -> int:
         """Starts listening; returns the bound port."""
-        pb_grpc.add_ProcessFlowServiceServicer_to_server(self.servicer, self.server)
+        add_wrapped_service(
+            self.server,
+            pb_grpc.add_ProcessFlowServiceServicer_to_server,
+            self.servicer,
+            # The boundary is outermost so that it maps the auth refusals too.
+            [Boundary(), AuthWrapper(Authenticator(self.keys))],
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (

@@ -1,5 +1,5 @@
 """Authentication and authorization: API keys and client certificates mapped
-to principals, checked by one interceptor.
+to principals, checked by one wrapper around every ProcessFlowService method.
 
 The keys file holds one JSON object per line (blank lines and lines starting
 with ``#`` are ignored):
@@ -49,7 +49,6 @@ from server.errors import PermissionDenied, Unauthenticated
 
 log = logging.getLogger(__name__)
 
-SERVICE_PREFIX = "/processflow.v1.ProcessFlowService/"
 WRITE, READ, ADMIN = "write", "read", "admin"
 SCOPES = (WRITE, READ, ADMIN)
 ALL_TENANTS = "*"
@@ -102,7 +101,7 @@ _current: contextvars.ContextVar[Principal] = contextvars.ContextVar(
 
 
 def current_principal() -> Principal:
-    """The principal of the call being handled (set by AuthInterceptor)."""
+    """The principal of the call being handled (set by AuthWrapper)."""
     return _current.get()
 
 
@@ -338,25 +337,15 @@ class Authenticator:
         _current.set(principal)
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+class AuthWrapper:
     """Admits each ProcessFlowService call or refuses it before the servicer
-    runs. Placed inside the boundary interceptor, whose table turns the
-    refusals into UNAUTHENTICATED and PERMISSION_DENIED."""
+    runs. Applied inside the boundary (server/interceptors.py), whose table
+    turns the refusals into UNAUTHENTICATED and PERMISSION_DENIED."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        return wrap_service_handler(
-            handler, handler_call_details.method, self._wrap_unary, self._wrap_stream
-        )
-
-    def _wrap_unary(
+    def wrap_unary(
         self, method: str, behaviour: Callable[[Any, Context], Any]
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         admit = self.authenticator.admit
@@ -370,7 +359,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
         return handle
 
-    def _wrap_stream(
+    def wrap_stream(
         self, method: str, behaviour: Callable[[Any, Context], AsyncIterator[Any]]
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         admit = self.authenticator.admit
@@ -381,30 +370,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 yield message
 
         return handle
-
-
-def wrap_service_handler(
-    handler: Handler,
-    full_name: str,
-    wrap_unary: Callable[[str, Any], Callable[[Any, Context], Awaitable[Any]]],
-    wrap_stream: Callable[[str, Any], Callable[[Any, Context], AsyncIterator[Any]]],
-) -> Handler:
-    """``handler`` with its behaviour wrapped by ``wrap_unary`` or
-    ``wrap_stream`` (given the method's short name) when it serves a
-    ProcessFlowService method; any other handler as it is."""
-    if handler is None or not full_name.startswith(SERVICE_PREFIX):
-        return handler
-    method = full_name[len(SERVICE_PREFIX) :]
-    if handler.unary_unary is not None:
-        return grpc.unary_unary_rpc_method_handler(
-            wrap_unary(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            wrap_stream(method, handler.unary_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return handler

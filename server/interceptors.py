@@ -2,6 +2,10 @@
 google.rpc.BadRequest for invalid arguments) through server.errors'
 STATUS_CODES, anything unexpected becomes INTERNAL with a generic message
 and a logged traceback, and every call ends with one ``rpc_finished`` line.
+
+The boundary and the auth check wrap each ProcessFlowService method once, when
+the service is registered (``add_wrapped_service``): a grpc.aio interceptor
+would build the wrapped handler again on every call.
 """
 
 from __future__ import annotations
@@ -9,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeAlias
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2
@@ -18,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from processflow import metrics
-from server.auth import current_principal, wrap_service_handler
+from server.auth import current_principal
 from server.errors import InvalidArgument, ProcessFlowError, status_code_for
 
 log = logging.getLogger(__name__)
@@ -104,7 +108,7 @@ class _Outcome:
                 "code": self.code.name,
                 "duration_ms": round((time.monotonic() - self.started) * 1000, 2),
                 "session_id": self.session_id,
-                # Set by the auth interceptor inside this one, in this task.
+                # Set by the auth wrapper inside this one, in this task.
                 "key_id": principal.key_id,
                 "tenant": principal.tenant,
             },
@@ -113,18 +117,6 @@ class _Outcome:
 
 def _is_abort(error: BaseException) -> bool:
     return type(error).__name__ == "AbortError"
-
-
-class BoundaryInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
-        handler = await continuation(handler_call_details)
-        return wrap_service_handler(
-            handler, handler_call_details.method, _wrap_unary, _wrap_stream
-        )
 
 
 def _wrap_unary(
@@ -162,3 +154,92 @@ def _wrap_stream(
             outcome.finish()
 
     return handle
+
+
+class Wrapper(Protocol):
+    """Wraps a method's behaviour (given the method's short name)."""
+
+    def wrap_unary(
+        self, method: str, behaviour: Callable[[Any, Context], Any]
+    ) -> Callable[[Any, Context], Awaitable[Any]]: ...
+
+    def wrap_stream(
+        self, method: str, behaviour: Callable[[Any, Context], AsyncIterator[Any]]
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]: ...
+
+
+class Boundary:
+    """The boundary above as a Wrapper; it goes outermost, so that it maps
+    the refusals of the wrappers inside it too."""
+
+    wrap_unary = staticmethod(_wrap_unary)
+    wrap_stream = staticmethod(_wrap_stream)
+
+
+class _Registrar:
+    """Stands in for the server while generated code registers a service, to
+    collect the service's method handlers."""
+
+    def __init__(self) -> None:
+        self.service = ""
+        self.handlers: dict[str, Handler] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: Any) -> None:
+        """Ignored: add_registered_method_handlers gets the same methods."""
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, Handler]
+    ) -> None:
+        self.service = service
+        self.handlers = handlers
+
+
+def add_wrapped_service(
+    server: grpc.aio.Server,
+    add_to_server: Callable[[Any, Any], None],
+    servicer: Any,
+    wrappers: Sequence[Wrapper],
+) -> None:
+    """Registers ``servicer`` through its generated ``add_..._to_server``
+    with every method's behaviour wrapped by ``wrappers``, outermost first.
+
+    The wrapping happens here, once per method, rather than in a
+    grpc.aio.ServerInterceptor, which builds new handlers on every call.
+    """
+    registrar = _Registrar()
+    add_to_server(servicer, registrar)
+    if not registrar.handlers:
+        raise RuntimeError("the generated code registered no method handlers")
+    wrapped = {
+        name: _wrapped_handler(name, handler, wrappers)
+        for name, handler in registrar.handlers.items()
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(registrar.service, wrapped),)
+    )
+    # grpcio's type stubs do not know this method yet (grpcio 1.62 added it).
+    server.add_registered_method_handlers(registrar.service, wrapped)  # type: ignore[attr-defined]
+
+
+def _wrapped_handler(
+    name: str, handler: Handler, wrappers: Sequence[Wrapper]
+) -> Handler:
+    if handler.unary_unary is not None:
+        unary: Any = handler.unary_unary
+        for wrapper in reversed(wrappers):
+            unary = wrapper.wrap_unary(name, unary)
+        return grpc.unary_unary_rpc_method_handler(
+            unary,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    if handler.unary_stream is not None:
+        stream: Any = handler.unary_stream
+        for wrapper in reversed(wrappers):
+            stream = wrapper.wrap_stream(name, stream)
+        return grpc.unary_stream_rpc_method_handler(
+            stream,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+    raise RuntimeError(f"{name}: only unary and server-streaming methods are served")

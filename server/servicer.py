@@ -1,6 +1,6 @@
 """The gRPC servicer: hands each call to the synchronous store on a thread
 pool and answers with its result. Errors become status codes in the
-boundary interceptor (server/interceptors.py), not here.
+boundary wrapper (server/interceptors.py), not here.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def load_analytics() -> ModuleType | None:
 
 
 def tenant_of(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    """The caller's tenant, as the auth interceptor admitted it ("" with
+    """The caller's tenant, as the auth wrapper admitted it ("" with
     authentication off)."""
     return current_principal().tenant
 
@@ -87,7 +87,7 @@ class ProcessFlowServicer(pb_grpc.ProcessFlowServiceServicer):
                 grpc.StatusCode.UNIMPLEMENTED, "analytics are not available"
             )
         check_tenant_field(request)
-        # The interceptor has checked the admin scope another tenant needs.
+        # The auth wrapper has checked the admin scope another tenant needs.
         tenant = analytics_tenant(current_principal(), request)
         function = getattr(self.analytics, name)
         return await self.run(function, self.store, tenant, request)

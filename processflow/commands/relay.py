@@ -18,6 +18,7 @@ from outbox_relay.relay import Relay
 from outbox_relay.settings import RelaySettings
 from processflow import log as logsetup
 from processflow.metrics import start_metrics_server
+from processflow.runtime import tune_garbage_collector
 from processflow.settings import add_arguments, describe, load
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    tune_garbage_collector()
 
     # The loop runs in a worker thread so that the main thread stays free to
     # take signals, whatever the database driver is blocked on.

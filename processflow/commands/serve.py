@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from processflow import log as logsetup
+from processflow.runtime import tune_garbage_collector
 from processflow.settings import add_arguments, load
 from server.settings import ServerSettings
 
@@ -60,5 +61,6 @@ async def serve(settings: ServerSettings) -> int:
         print(f"processflow serve: {error}", file=sys.stderr)
         return 2
     print(f"ProcessFlow listening on {app.address}", flush=True)
+    tune_garbage_collector()
     await app.run_until_signal()
     return 0

@@ -18,7 +18,7 @@ from grpc_status import rpc_status
 from processflow.v1 import processflow_service_pb2 as pb
 from processflow.v1 import processflow_service_pb2_grpc as pb_grpc
 from server import errors
-from server.interceptors import INTERNAL_MESSAGE, BoundaryInterceptor
+from server.interceptors import INTERNAL_MESSAGE, Boundary, add_wrapped_service
 from server.servicer import ProcessFlowServicer
 from server.store.changes import ChangeFeed
 
@@ -60,14 +60,16 @@ class FailingStore:
 
 async def call_with_error(error: BaseException) -> grpc.aio.AioRpcError:
     executor = ThreadPoolExecutor(max_workers=1)
-    server = grpc.aio.server(interceptors=[BoundaryInterceptor()])
+    server = grpc.aio.server()
     servicer = ProcessFlowServicer(
         FailingStore(error),  # type: ignore[arg-type]
         executor,
         ChangeFeed(),
         poll_interval_seconds=0.1,
     )
-    pb_grpc.add_ProcessFlowServiceServicer_to_server(servicer, server)
+    add_wrapped_service(
+        server, pb_grpc.add_ProcessFlowServiceServicer_to_server, servicer, [Boundary()]
+    )
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     try:
