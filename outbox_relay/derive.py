@@ -2,12 +2,23 @@
 they lead to.
 
 ``verify`` and ``backfill`` must agree with the relay about every legacy
-value, so neither states a rule: both rebuild the events the server would
-have written for a session's current state (session started, the first
-terminal state of each step -- taken from its current terminal state --,
-each LLM call, session completed) and hand them to ``outbox_relay.rules``.
-The effects are folded in event order into the rows the legacy tables should
+value, so neither states a rule: both rebuild the events the server wrote
+for a session (session started, the first terminal state of each step, each
+LLM call, session completed) and hand them to ``outbox_relay.rules``. The
+effects are folded in event order into the rows the legacy tables should
 hold now.
+
+The events applied once must be rebuilt as they were written, not from the
+current state: an LLM call recorded after the completion changes the
+roll-up the completion carried, and a step updated after its first terminal
+state changes the step, not its legacy row. So the server keeps each such
+event's payload and sequence with its row (process_flow_sessions.completed_*,
+process_flow_steps.finished_*, process_flow_llm_calls.sequence) and those are
+used here as stored, in sequence order. Rows written before migration 0002
+have none: their events are derived from the current state (a step from its
+current terminal state) and ordered as the relay most likely saw them --
+session started, then steps and calls by time, then the completion -- ahead
+of every event with a stored sequence, since they were all written earlier.
 
 Sessions are read a page at a time, by session_id, with everything the
 events need in three more statements keyed by the page's ids, so memory is
@@ -190,6 +201,11 @@ def session_started_event(session: Any) -> events_pb2.OutboxEvent:
 
 
 def step_finished_event(session: Any, step: Any) -> events_pb2.OutboxEvent:
+    """The step's step_finished event: as stored with its first terminal
+    state, or (written before migration 0002) from its current state."""
+    if step.finished_event is not None:
+        stored = events_pb2.StepFinished.FromString(step.finished_event)
+        return _event(session, "step_finished", stored, step.updated_at)
     payload = events_pb2.StepFinished(
         user_id=session.user_id,
         step_id=step.step_id,
@@ -243,7 +259,12 @@ def llm_call_event(session: Any, call: Any) -> events_pb2.OutboxEvent:
 
 
 def session_completed_event(facts: SessionFacts) -> events_pb2.OutboxEvent:
+    """The session_completed event: as stored with the completion, or
+    (completed before migration 0002) from the current state and roll-up."""
     session = facts.session
+    if session.completed_event is not None:
+        stored = events_pb2.SessionCompleted.FromString(session.completed_event)
+        return _event(session, "session_completed", stored, session.updated_at)
     roll_up = facts.transparency
     payload = events_pb2.SessionCompleted(
         user_id=session.user_id,
@@ -267,19 +288,34 @@ def session_completed_event(facts: SessionFacts) -> events_pb2.OutboxEvent:
 
 
 def session_events(facts: SessionFacts) -> list[events_pb2.OutboxEvent]:
-    """The session's events in the order that gives its latest state: started,
-    then steps and calls by time, then completed."""
+    """The session's events in the order the relay applied them: started,
+    then those without a stored sequence (steps and calls by time, then
+    completed), then those with one, by sequence."""
     session = facts.session
-    middle: list[tuple[dt.datetime, int, int, events_pb2.OutboxEvent]] = []
+    derived: list[tuple[dt.datetime, int, int, events_pb2.OutboxEvent]] = []
+    stored: list[tuple[int, events_pb2.OutboxEvent]] = []
     for step in facts.steps:
-        when = step.end_time or step.updated_at
-        middle.append((when, 0, step.id, step_finished_event(session, step)))
+        event = step_finished_event(session, step)
+        if step.finished_sequence is not None:
+            stored.append((step.finished_sequence, event))
+        else:
+            derived.append((step.end_time or step.updated_at, 0, step.id, event))
     for call in facts.calls:
-        middle.append((call.call_time, 1, call.id, llm_call_event(session, call)))
-    middle.sort(key=lambda item: item[:3])
-    events = [session_started_event(session), *(item[3] for item in middle)]
+        event = llm_call_event(session, call)
+        if call.sequence is not None:
+            stored.append((call.sequence, event))
+        else:
+            derived.append((call.call_time, 1, call.id, event))
+    derived.sort(key=lambda item: item[:3])
+    events = [session_started_event(session), *(item[3] for item in derived)]
     if session.status != "running":
-        events.append(session_completed_event(facts))
+        completed = session_completed_event(facts)
+        if session.completed_sequence is not None:
+            stored.append((session.completed_sequence, completed))
+        else:
+            events.append(completed)
+    stored.sort(key=lambda item: item[0])
+    events.extend(event for _, event in stored)
     for sequence, event in enumerate(events, start=1):
         event.sequence = sequence
     return events

@@ -5,8 +5,9 @@ extra, and whether each difference is still in flight or a real gap.
 Three passes, each bounded in memory:
 
 1. Sessions, a page at a time by session_id: the rows the rules give for
-   each session's latest state (outbox_relay/derive.py) against the legacy
-   rows looked up by the page's keys (outbox_relay/reconcile.py).
+   each session's events as the relay applied them (outbox_relay/derive.py)
+   against the legacy rows looked up by the page's keys
+   (outbox_relay/reconcile.py).
 2. Orphans: legacy rows that claim a ProcessFlow source which does not exist
    (a SessionId the ledger knows, a ``trace-`` TraceId, an LLMUsageLogs row
    whose Metadata names a session), paged by the legacy table's own key and

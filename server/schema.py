@@ -66,6 +66,13 @@ sessions = sa.Table(
     # Sequence of the session's latest outbox event. Every write bumps it,
     # which also serialises writes to one session (see server/outbox.py).
     sa.Column("event_sequence", sa.BigInteger(), nullable=False, server_default="0"),
+    # The session_completed event as the relay applied it: its sequence and
+    # its serialized SessionCompleted, written with the completion. verify
+    # and backfill rebuild it from here, since facts recorded later (an LLM
+    # call after the completion) change the roll-up it was taken from.
+    # NULL for sessions completed before revision 0002.
+    sa.Column("completed_sequence", sa.BigInteger(), nullable=True),
+    sa.Column("completed_event", sa.LargeBinary(), nullable=True),
     *_audit_columns(),
     sa.Index(None, "tenant_id", "start_time", "id"),
     sa.Index(None, "user_id", "start_time"),
@@ -102,6 +109,11 @@ steps = sa.Table(
     sa.Column("tokens_used", sa.BigInteger(), nullable=False, server_default="0"),
     # Set with the first terminal status; the legacy row is written once.
     sa.Column("finished_event_written", sa.Boolean(), nullable=False),
+    # The step_finished event of that first terminal status: its sequence and
+    # its serialized StepFinished, never changed afterwards (later updates
+    # change the step, not its legacy row). NULL before revision 0002.
+    sa.Column("finished_sequence", sa.BigInteger(), nullable=True),
+    sa.Column("finished_event", sa.LargeBinary(), nullable=True),
     *_audit_columns(),
     sa.UniqueConstraint("session_id", "step_id"),
     sa.Index(None, "step_type", "start_time"),
@@ -186,6 +198,10 @@ llm_calls = sa.Table(
     sa.Column("max_tokens", sa.Integer(), nullable=True),
     sa.Column("confidence", Confidence, nullable=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
+    # Sequence of the call's llm_call_recorded event within its session, so
+    # that verify and backfill apply it in the relay's order. NULL before
+    # revision 0002.
+    sa.Column("sequence", sa.BigInteger(), nullable=True),
     *_audit_columns(),
     sa.Index(None, "session_id", "id"),
     sa.Index(None, "tenant_id", "call_time"),

@@ -4,7 +4,8 @@ tables (only where absent) and the relay's ledger.
 This revision builds the tables from the declarations in server/schema.py and
 outbox_relay/legacy_schema.py as they stood when it was written. Before a
 later revision changes a table, copy that table's declaration into this file
-so that the baseline stays what it was (see migrations/README.md).
+so that the baseline stays what it was (see migrations/README.md): the
+sessions, steps and LLM-call tables below are such copies (changed by 0002).
 
 Revision ID: 0001
 Revises:
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 from outbox_relay import legacy_schema
 from server import schema
@@ -23,6 +25,128 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+
+# The tables that later revisions change, as they stood at this revision.
+# The other server tables are still built from server/schema.py.
+BASELINE = sa.MetaData(naming_convention=schema.NAMING_CONVENTION)
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+Confidence = sa.Numeric(5, 4)
+
+
+def _audit_columns() -> list[sa.Column[object]]:
+    return [
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.Column("created_by", sa.String(128), nullable=True),
+        sa.Column("updated_by", sa.String(128), nullable=True),
+    ]
+
+
+SESSIONS = sa.Table(
+    "process_flow_sessions",
+    BASELINE,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("session_id", sa.String(128), nullable=False, unique=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("query", sa.Text(), nullable=False),
+    sa.Column("query_type", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("start_time", sa.DateTime(), nullable=False),
+    sa.Column("end_time", sa.DateTime(), nullable=True),
+    sa.Column("total_duration_ms", sa.BigInteger(), nullable=True),
+    sa.Column("overall_confidence", Confidence, nullable=True),
+    sa.Column("generated_sql", sa.Text(), nullable=True),
+    sa.Column("execution_result", sa.Text(), nullable=True),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("metadata", Json, nullable=True),
+    sa.Column("conversation_id", sa.String(128), nullable=True),
+    sa.Column("message_id", sa.String(128), nullable=True),
+    sa.Column("intent", sa.String(50), nullable=True),
+    sa.Column("domain", sa.String(50), nullable=True),
+    sa.Column("template", sa.String(100), nullable=True),
+    sa.Column("tables_retrieved", Json, nullable=True),
+    sa.Column("start_fingerprint", sa.String(64), nullable=False),
+    sa.Column("completion_fingerprint", sa.String(64), nullable=True),
+    sa.Column("event_sequence", sa.BigInteger(), nullable=False, server_default="0"),
+    *_audit_columns(),
+    sa.Index(None, "tenant_id", "start_time", "id"),
+    sa.Index(None, "user_id", "start_time"),
+    sa.Index(None, "conversation_id"),
+    sa.Index(None, "status"),
+)
+
+STEPS = sa.Table(
+    "process_flow_steps",
+    BASELINE,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column(
+        "session_id",
+        sa.String(128),
+        sa.ForeignKey("process_flow_sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("step_id", sa.String(128), nullable=False),
+    sa.Column("step_type", sa.String(64), nullable=False),
+    sa.Column("parent_step_id", sa.String(128), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("step_order", sa.Integer(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("start_time", sa.DateTime(), nullable=True),
+    sa.Column("end_time", sa.DateTime(), nullable=True),
+    sa.Column("duration_ms", sa.BigInteger(), nullable=True),
+    sa.Column("confidence", Confidence, nullable=True),
+    sa.Column("input_data", sa.Text(), nullable=True),
+    sa.Column("output_data", sa.Text(), nullable=True),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("metadata", Json, nullable=True),
+    sa.Column("retry_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("tokens_used", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("finished_event_written", sa.Boolean(), nullable=False),
+    *_audit_columns(),
+    sa.UniqueConstraint("session_id", "step_id"),
+    sa.Index(None, "step_type", "start_time"),
+)
+
+LLM_CALLS = sa.Table(
+    "process_flow_llm_calls",
+    BASELINE,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("call_id", sa.String(128), nullable=False, unique=True),
+    sa.Column(
+        "session_id",
+        sa.String(128),
+        sa.ForeignKey("process_flow_sessions.session_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("tenant_id", sa.String(128), nullable=False, server_default=""),
+    sa.Column("user_id", sa.String(256), nullable=False),
+    sa.Column("query_type", sa.String(100), nullable=False),
+    sa.Column("step_id", sa.String(128), nullable=True),
+    sa.Column("provider", sa.String(50), nullable=True),
+    sa.Column("model", sa.String(100), nullable=True),
+    sa.Column("request_type", sa.String(50), nullable=True),
+    sa.Column("prompt_text", sa.Text(), nullable=True),
+    sa.Column("response_text", sa.Text(), nullable=True),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("total_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cost", sa.Numeric(18, 8), nullable=False),
+    sa.Column("duration_ms", sa.BigInteger(), nullable=False),
+    sa.Column("success", sa.Boolean(), nullable=False),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("call_time", sa.DateTime(), nullable=False),
+    sa.Column("temperature", sa.Float(), nullable=True),
+    sa.Column("max_tokens", sa.Integer(), nullable=True),
+    sa.Column("confidence", Confidence, nullable=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    *_audit_columns(),
+    sa.Index(None, "session_id", "id"),
+    sa.Index(None, "tenant_id", "call_time"),
+)
 
 SESSION_SUMMARY_VIEW = """
 CREATE VIEW process_flow_session_summary AS
@@ -97,10 +221,17 @@ def _create_absent(tables: tuple[sa.Table, ...]) -> None:
             table.create(bind)
 
 
+def _current_tables() -> list[sa.Table]:
+    """The server tables no later revision has changed, from server/schema.py."""
+    return [t for t in schema.metadata.sorted_tables if t.name not in BASELINE.tables]
+
+
 def upgrade(roles: frozenset[str]) -> None:
     if "main" in roles:
         bind = op.get_bind()
-        schema.metadata.create_all(bind)
+        # Sessions first: the other tables reference it.
+        BASELINE.create_all(bind)
+        schema.metadata.create_all(bind, tables=_current_tables())
         op.execute(SESSION_SUMMARY_VIEW)
         op.execute(STEP_PERFORMANCE_VIEW)
     if "legacy" in roles:
@@ -117,4 +248,6 @@ def downgrade(roles: frozenset[str]) -> None:
     if "main" in roles:
         op.execute("DROP VIEW IF EXISTS process_flow_step_performance")
         op.execute("DROP VIEW IF EXISTS process_flow_session_summary")
-        schema.metadata.drop_all(op.get_bind())
+        bind = op.get_bind()
+        schema.metadata.drop_all(bind, tables=_current_tables())
+        BASELINE.drop_all(bind)

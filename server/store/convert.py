@@ -77,7 +77,13 @@ def set_struct(message: Any, name: str, value: Mapping[str, Any] | None) -> None
 
 
 def json_object_text(value: Mapping[str, Any] | None) -> str:
-    return "" if value is None else json.dumps(value, separators=(",", ":"))
+    """Compact JSON with sorted keys. A Struct's fields have no order, and a
+    dict read back from JSONB or from another copy of the request comes in
+    another one: sorting makes the same metadata the same text on every path
+    (single call, Ingest, verify and backfill)."""
+    if value is None:
+        return ""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
 def cost_decimal(value: float) -> Decimal:

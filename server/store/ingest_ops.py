@@ -45,7 +45,13 @@ from server.store.llm_calls import (
 )
 from server.store.logs import log_rows
 from server.store.sessions import completion, new_session_values, session_started
-from server.store.steps import created_values, merge_request, step_finished
+from server.store.steps import (
+    FINISHED_EVENT_COLUMNS,
+    created_values,
+    keep_finished_event,
+    merge_request,
+    step_finished,
+)
 from server.store.transaction import WriteContext, content_fingerprint
 
 # process_flow_transparency.estimated_cost keeps 6 places; PostgreSQL rounds
@@ -68,6 +74,12 @@ class Writes:
 
     logs: list[dict[str, Any]]
     calls: list[dict[str, Any]]
+
+
+def _next_sequence(session: SessionState) -> int:
+    """The sequence _event gives the session's next event (rows that keep
+    their event's sequence are built before the event)."""
+    return session.sequence + 1
 
 
 def _event(
@@ -157,6 +169,10 @@ def record_step(
         values["status"] in TERMINAL_STEP_WORDS and not values["finished_event_written"]
     )
     values["finished_event_written"] = values["finished_event_written"] or finishing
+    # A stored step's finished_* columns are not loaded: None keeps them (see
+    # update_step_statement).
+    for name in FINISHED_EVENT_COLUMNS:
+        values.setdefault(name, None)
     if existing is None:
         existing = StepState(
             request.step_id,
@@ -171,17 +187,14 @@ def record_step(
     existing.changed = True
     if finishing:
         parent = session.steps.get(values["parent_step_id"] or "")
-        _event(
-            context,
-            session,
-            "step_finished",
-            step_finished(
-                request.step_id,
-                values,
-                session.row["user_id"],
-                parent.step_type if parent is not None else "",
-            ),
+        finished = step_finished(
+            request.step_id,
+            values,
+            session.row["user_id"],
+            parent.step_type if parent is not None else "",
         )
+        keep_finished_event(values, _next_sequence(session), finished)
+        _event(context, session, "step_finished", finished)
 
     rows = _log_rows(context, session, request.logs, request.step_id)
     writes.logs.extend(rows)
@@ -251,7 +264,15 @@ def record_llm_call(
     call_fingerprint = content_fingerprint("RecordLlmCall", request)
     cost = cost_decimal(request.cost_usd)
     context_row = _SessionContext(session.row)
-    values = call_values(context, request, call_id, cost, context_row, call_fingerprint)
+    values = call_values(
+        context,
+        request,
+        call_id,
+        cost,
+        context_row,
+        call_fingerprint,
+        sequence=_next_sequence(session),
+    )
     result = pb.IngestResult(session_id=request.session_id, call_id=call_id)
     stored = state.calls.get(call_id)
     if stored is not None:
@@ -372,6 +393,7 @@ def complete_session(
         request,
         row,
         completion_fingerprint,
+        sequence=_next_sequence(session),
         total_tokens=roll_up.get("total_tokens") or 0,
         call_count=roll_up.get("api_call_count") or 0,
         sql_recorded=any(

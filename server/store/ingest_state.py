@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from server import schema
 from server.errors import NotFound
 from server.store.idempotency import select_request_records
+from server.store.steps import LOADED_STEP_COLUMNS
 from server.store.transaction import WriteContext
 
 S = schema.sessions
@@ -125,7 +126,7 @@ def select_step_index(context: WriteContext, session_ids: set[str]) -> list[Any]
 
 
 def select_steps_by_id(context: WriteContext, row_ids: list[int]) -> list[Any]:
-    statement = sa.select(STEPS).where(STEPS.c.id.in_(sorted(row_ids)))
+    statement = sa.select(*LOADED_STEP_COLUMNS).where(STEPS.c.id.in_(sorted(row_ids)))
     return list(context.connection.execute(statement).mappings())
 
 

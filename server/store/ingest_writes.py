@@ -26,7 +26,11 @@ from server.store.ingest_ops import Writes
 from server.store.ingest_state import BatchState
 from server.store.logs import insert_logs_returning_ids
 from server.store.sessions import SESSION_ID
-from server.store.steps import insert_step_statement, update_step_statement
+from server.store.steps import (
+    insert_step_statement,
+    update_step_parameters,
+    update_step_statement,
+)
 from server.store.transaction import NOTIFY_CHANNEL, WriteContext, copy_rows
 
 S = schema.sessions
@@ -128,7 +132,7 @@ def _step_rows(
             if step.row_id is None:
                 created.append((step.order, step.row))
             else:
-                updated.append({**step.row, "b_row_id": step.row_id})
+                updated.append(update_step_parameters(step.row, step.row_id))
     created.sort(key=lambda item: item[0])
     return [row for _, row in created], updated
 

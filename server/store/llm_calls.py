@@ -99,7 +99,15 @@ def record_llm_call(
     call_id = request.call_id or str(uuid.uuid4())
     call_fingerprint = content_fingerprint("RecordLlmCall", request)
     cost = cost_decimal(request.cost_usd)
-    values = call_values(context, request, call_id, cost, row, call_fingerprint)
+    values = call_values(
+        context,
+        request,
+        call_id,
+        cost,
+        row,
+        call_fingerprint,
+        sequence=locked.event_sequence,
+    )
     statement = _insert_call_statement(context.postgresql)
     if context.connection.execute(statement, values).first() is None:
         defer_bump_event_sequence(context, request.session_id, -1)
@@ -169,7 +177,11 @@ def call_values(
     cost: Decimal,
     session: Any,
     call_fingerprint: str,
+    *,
+    sequence: int,
 ) -> dict[str, Any]:
+    """The call's row; ``sequence`` is its llm_call_recorded event's, which
+    verify and backfill order the session's events by."""
     return {
         "call_id": call_id,
         "session_id": request.session_id,
@@ -198,6 +210,7 @@ def call_values(
         if request.HasField("confidence")
         else None,
         "fingerprint": call_fingerprint,
+        "sequence": sequence,
         "created_at": context.now,
         "updated_at": context.now,
     }

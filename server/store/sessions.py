@@ -190,6 +190,8 @@ def new_session_values(
         "start_fingerprint": content_fingerprint("StartSession", request),
         "completion_fingerprint": None,
         "event_sequence": 1,
+        "completed_sequence": None,
+        "completed_event": None,
         "created_at": context.now,
         "updated_at": context.now,
     }
@@ -295,12 +297,17 @@ def completion(
     session: Any,
     completion_fingerprint: str,
     *,
+    sequence: int,
     total_tokens: int,
     call_count: int,
     sql_recorded: bool,
 ) -> Completion:
     """The new column values and the event of completing ``session`` (its
-    stored row); InvalidArgument for an end before the start."""
+    stored row) as the session's event ``sequence``; InvalidArgument for an
+    end before the start.
+
+    The values keep the event's sequence and serialized payload, which is
+    what verify and backfill rebuild it from (outbox_relay/derive.py)."""
     if request.HasField("end_time"):
         end_time = to_datetime(request.end_time)
         if end_time < session["start_time"]:
@@ -342,6 +349,8 @@ def completion(
     )
     if confidence is not None:
         event.overall_confidence = float(confidence)
+    values["completed_sequence"] = sequence
+    values["completed_event"] = event.SerializeToString()
     return Completion(values, event)
 
 
@@ -373,6 +382,7 @@ def complete_session(
         request,
         row,
         completion_fingerprint,
+        sequence=locked.event_sequence,
         total_tokens=roll_up.total_tokens or 0,
         call_count=roll_up.call_count or 0,
         sql_recorded=bool(roll_up.sql_recorded),

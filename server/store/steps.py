@@ -3,7 +3,9 @@
 Fields set in the request override the stored ones; unset or empty fields
 keep them. A new step takes its name, order and parent from the catalog when
 the client omits them. The step_finished event is written once, the first
-time the step reaches a terminal status (steps.finished_event_written).
+time the step reaches a terminal status (steps.finished_event_written); the
+step row keeps that event's sequence and serialized payload
+(finished_sequence, finished_event), written once and never read back here.
 
 Round trips: the session lock (which already counts the event when the
 request's status is terminal), one SELECT of the step count and the steps
@@ -54,6 +56,13 @@ TERMINAL_STEP_STATUSES = frozenset(
     STEP_STATUS_VALUES[word] for word in TERMINAL_STEP_WORDS
 )
 
+# The first terminal state's event, kept for verify and backfill: writes set
+# it once and never read it, so the step reads leave it out.
+FINISHED_EVENT_COLUMNS = ("finished_sequence", "finished_event")
+LOADED_STEP_COLUMNS = tuple(
+    column for column in STEPS.c if column.name not in FINISHED_EVENT_COLUMNS
+)
+
 
 @functools.cache
 def _step_rows_statement() -> Any:
@@ -73,7 +82,7 @@ def _step_rows_statement() -> Any:
         ),
     )
     return (
-        sa.select(counted.c.step_count, STEPS)
+        sa.select(counted.c.step_count, *LOADED_STEP_COLUMNS)
         .select_from(counted.outerjoin(STEPS, matching))
         .order_by(STEPS.c.id)
     )
@@ -83,7 +92,8 @@ def select_step_rows(
     context: WriteContext, session_id: str, step_ids: set[str], parent_code: str | None
 ) -> tuple[int, list[dict[str, Any]]]:
     """The session's step count, and the steps named in ``step_ids`` and, for
-    a catalog parent, the steps of that code, oldest first."""
+    a catalog parent, the steps of that code, oldest first (without the
+    finished_* columns)."""
     result = context.connection.execute(
         _step_rows_statement(),
         {
@@ -97,7 +107,7 @@ def select_step_rows(
     for row in result.mappings():
         count = int(row["step_count"])
         if row["id"] is not None:
-            rows.append({column.name: row[column.name] for column in STEPS.c})
+            rows.append({c.name: row[c.name] for c in LOADED_STEP_COLUMNS})
     return count, rows
 
 
@@ -139,6 +149,8 @@ def created_values(
         "retry_count": 0,
         "tokens_used": 0,
         "finished_event_written": False,
+        "finished_sequence": None,
+        "finished_event": None,
         "created_at": context.now,
     }
 
@@ -197,7 +209,32 @@ def insert_step_statement() -> Any:
 
 @functools.cache
 def update_step_statement() -> Any:
-    return STEPS.update().where(STEPS.c.id == sa.bindparam("b_row_id"))
+    """The UPDATE of one step; bind its values with update_step_parameters.
+
+    The finished_* columns keep a value once set (COALESCE), so that an
+    update that did not read them, or a later terminal state, cannot change
+    the first terminal state's event."""
+    return (
+        STEPS.update()
+        .where(STEPS.c.id == sa.bindparam("b_row_id"))
+        .values(
+            {
+                name: sa.func.coalesce(
+                    STEPS.c[name], sa.bindparam(f"b_{name}", type_=STEPS.c[name].type)
+                )
+                for name in FINISHED_EVENT_COLUMNS
+            }
+        )
+    )
+
+
+def update_step_parameters(values: dict[str, Any], row_id: int) -> dict[str, Any]:
+    """The parameters of update_step_statement for the step's ``values``."""
+    parameters = {k: v for k, v in values.items() if k not in FINISHED_EVENT_COLUMNS}
+    for name in FINISHED_EVENT_COLUMNS:
+        parameters[f"b_{name}"] = values.get(name)
+    parameters["b_row_id"] = row_id
+    return parameters
 
 
 def record_step(
@@ -257,15 +294,21 @@ def record_step(
         values["status"] in TERMINAL_STEP_WORDS and not values["finished_event_written"]
     )
     values["finished_event_written"] = values["finished_event_written"] or finishing
+    # A stored step's finished_* columns are not loaded: None keeps them (see
+    # update_step_statement).
+    for name in FINISHED_EVENT_COLUMNS:
+        values.setdefault(name, None)
     if bump and not finishing:
         defer_bump_event_sequence(context, request.session_id, -bump)
-    if existing is None:
-        context.defer(insert_step_statement(), values)
-    else:
-        context.defer(update_step_statement(), {**values, "b_row_id": existing["id"]})
     if finishing:
         _finish_step(
             context, request, values, by_id, locked.row.user_id, locked.event_sequence
+        )
+    if existing is None:
+        context.defer(insert_step_statement(), values)
+    else:
+        context.defer(
+            update_step_statement(), update_step_parameters(values, existing["id"])
         )
 
     rows_to_insert = log_rows(
@@ -296,7 +339,17 @@ def _finish_step(
     else:
         parent_type = select_step_type(context, request.session_id, parent_id)
     finished = step_finished(request.step_id, values, user_id, parent_type)
+    keep_finished_event(values, sequence, finished)
     outbox.add_event(context, request.session_id, sequence, "step_finished", finished)
+
+
+def keep_finished_event(
+    values: dict[str, Any], sequence: int, finished: events_pb2.StepFinished
+) -> None:
+    """Sets the step's finished_* columns to its step_finished event, which
+    verify and backfill rebuild the legacy row from."""
+    values["finished_sequence"] = sequence
+    values["finished_event"] = finished.SerializeToString()
 
 
 def step_finished(

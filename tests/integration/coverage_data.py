@@ -6,9 +6,12 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
+import sqlalchemy as sa
 from google.protobuf import timestamp_pb2
 
+from outbox_relay import legacy_schema as ls
 from outbox_relay.relay import Relay
 from outbox_relay.settings import RelaySettings
 from processflow.v1 import processflow_service_pb2 as pb
@@ -106,6 +109,34 @@ def write_session(
                 end_time=stamp(start + dt.timedelta(seconds=10)),
             ),
         )
+
+
+def snapshot(store: Store) -> dict[str, list[dict[str, Any]]]:
+    """Every legacy row by its natural key, without the columns that say when
+    a row was written or that the database numbers."""
+    skip = {"Id", "CreatedAt", "UpdatedAt", "UpdatedDate"}
+    keys = {
+        "PromptSuccessTracking": ("SessionId",),
+        "PromptConstructionTraces": ("TraceId",),
+        "PromptConstructionSteps": ("Id",),
+        "TokenUsageAnalytics": ("UserId", "Date", "RequestType", "IntentType"),
+        "LLMUsageLogs": ("RequestId",),
+    }
+    shot: dict[str, list[dict[str, Any]]] = {}
+    with store.engine.connect() as connection:
+        for table in ls.LEGACY_TABLES:
+            order = [table.c[name] for name in keys[table.name]]
+            rows = connection.execute(sa.select(table).order_by(*order)).mappings()
+            shot[table.name] = [
+                {
+                    k: str(v)
+                    for k, v in row.items()
+                    if k not in skip
+                    or (table.name == "PromptConstructionSteps" and k == "Id")
+                }
+                for row in rows
+            ]
+    return shot
 
 
 def drain(relay: Relay) -> None:

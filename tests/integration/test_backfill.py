@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from outbox_relay import legacy_schema as ls
 from outbox_relay.backfill import BackfillResult, ProgressFile, backfill, validate_sinks
@@ -17,7 +16,7 @@ from outbox_relay.derive import SessionFilter
 from outbox_relay.verify import verify
 from server import schema
 from server.store import Store
-from tests.integration.coverage_data import drain, relay_for, write_session
+from tests.integration.coverage_data import drain, relay_for, snapshot, write_session
 
 ALL = validate_sinks([])
 
@@ -38,34 +37,6 @@ def run(store: Store, sinks: frozenset[str] = ALL, **kwargs: Any) -> BackfillRes
     return backfill(
         store.engine, store.engine, SessionFilter(), sinks, page_size=3, **kwargs
     )
-
-
-def snapshot(store: Store) -> dict[str, list[dict[str, Any]]]:
-    """Every legacy row by its natural key, without the columns that say when
-    a row was written or that the database numbers."""
-    skip = {"Id", "CreatedAt", "UpdatedAt", "UpdatedDate"}
-    keys = {
-        "PromptSuccessTracking": ("SessionId",),
-        "PromptConstructionTraces": ("TraceId",),
-        "PromptConstructionSteps": ("Id",),
-        "TokenUsageAnalytics": ("UserId", "Date", "RequestType", "IntentType"),
-        "LLMUsageLogs": ("RequestId",),
-    }
-    shot: dict[str, list[dict[str, Any]]] = {}
-    with store.engine.connect() as connection:
-        for table in ls.LEGACY_TABLES:
-            order = [table.c[name] for name in keys[table.name]]
-            rows = connection.execute(sa.select(table).order_by(*order)).mappings()
-            shot[table.name] = [
-                {
-                    k: str(v)
-                    for k, v in row.items()
-                    if k not in skip
-                    or (table.name == "PromptConstructionSteps" and k == "Id")
-                }
-                for row in rows
-            ]
-    return shot
 
 
 def write_and_relay(store: Store, database_url: str, **relay_settings: object) -> None:

@@ -255,6 +255,11 @@ def batch() -> list[Message]:
             status=res.SESSION_STATUS_CANCELLED,
             end_time=ts(21),
         ),
+        # After the events they would change: a finished step of a session
+        # started in the batch updated again (its finished_* columns stay),
+        # a call on a completed session (its completed_* columns stay).
+        step("s1", "c", status=res.STEP_STATUS_ERROR, output_data="later"),
+        call("s0", "c4", input_tokens=2, output_tokens=2, call_time=ts(22)),
     ]
 
 
