@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql
 
 from outbox_relay import legacy_schema as ls
 from outbox_relay.pg_arrays import BinaryArray
-from outbox_relay.pg_driver import driver_cursor
+from processflow.db import driver_cursor
 
 _usage = ls.token_usage_analytics
 _contributions = ls.token_usage_contributions

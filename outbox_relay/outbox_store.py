@@ -23,8 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from outbox_relay.pg_arrays import BinaryArray, array_parameter
-from outbox_relay.pg_driver import driver_cursor
-from processflow.db import is_postgresql
+from processflow.db import driver_cursor, is_postgresql
 from server.schema import outbox
 
 PENDING = "pending"

@@ -4,8 +4,11 @@ the server, the relay and the command-line tools."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
@@ -78,6 +81,40 @@ def _create_sqlite_engine(url: str, **kwargs: Any) -> sa.Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+@contextmanager
+def driver_cursor(
+    connection: sa.Connection, statement: str
+) -> Iterator[psycopg.Cursor]:
+    """The psycopg cursor under a SQLAlchemy connection, inside its open
+    transaction, for what SQLAlchemy has no form for (COPY) or where its row
+    objects cost too much on a hot path.
+
+    Errors leave as SQLAlchemy's exceptions, naming ``statement`` but not its
+    parameters, exactly as if SQLAlchemy had run it; a lost connection is
+    invalidated, so callers tell an outage, a conflict and bad data apart in
+    one place whichever way a statement was sent.
+    """
+    dbapi = connection.connection.dbapi_connection
+    if not isinstance(dbapi, psycopg.Connection):
+        raise TypeError("driver_cursor needs a psycopg connection")
+    try:
+        with dbapi.cursor() as cursor:
+            yield cursor
+    except psycopg.Error as error:
+        invalidated = connection.dialect.is_disconnect(error, dbapi, None)
+        if invalidated:
+            connection.invalidate(error)
+        raise sa.exc.DBAPIError.instance(
+            statement,
+            None,
+            error,
+            psycopg.Error,
+            hide_parameters=True,
+            connection_invalidated=invalidated,
+            dialect=connection.dialect,
+        ) from error
 
 
 def utcnow() -> dt.datetime:

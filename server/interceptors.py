@@ -225,21 +225,21 @@ def _wrapped_handler(
     name: str, handler: Handler, wrappers: Sequence[Wrapper]
 ) -> Handler:
     if handler.unary_unary is not None:
-        unary: Any = handler.unary_unary
-        for wrapper in reversed(wrappers):
-            unary = wrapper.wrap_unary(name, unary)
-        return grpc.unary_unary_rpc_method_handler(
-            unary,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+        behaviour: Any = handler.unary_unary
+        wrap = "wrap_unary"
+        make = grpc.unary_unary_rpc_method_handler
+    elif handler.unary_stream is not None:
+        behaviour = handler.unary_stream
+        wrap = "wrap_stream"
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        raise RuntimeError(
+            f"{name}: only unary and server-streaming methods are served"
         )
-    if handler.unary_stream is not None:
-        stream: Any = handler.unary_stream
-        for wrapper in reversed(wrappers):
-            stream = wrapper.wrap_stream(name, stream)
-        return grpc.unary_stream_rpc_method_handler(
-            stream,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    raise RuntimeError(f"{name}: only unary and server-streaming methods are served")
+    for wrapper in reversed(wrappers):
+        behaviour = getattr(wrapper, wrap)(name, behaviour)
+    return make(
+        behaviour,
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )

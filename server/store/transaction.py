@@ -33,6 +33,7 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from psycopg.types.json import Jsonb
 
+from processflow.db import driver_cursor
 from processflow.v1 import events_pb2
 from server.errors import Unavailable
 from server.store.convert import to_timestamp
@@ -126,29 +127,17 @@ def copy_rows(
         f"COPY {quote(table.name)} ({', '.join(quote(n) for n in names)}) FROM STDIN"
     )
     wrap = [name in json_names for name in names]
-    driver = context.connection.connection.driver_connection
-    assert driver is not None
-    try:
-        with driver.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(
-                    [
-                        Jsonb(value) if json and value is not None else value
-                        for json, value in zip(wrap, row.values(), strict=True)
-                    ]
-                )
-    except psycopg.Error as error:
-        invalidated = dialect.is_disconnect(error, driver, None)  # type: ignore[arg-type]
-        if invalidated:
-            context.connection.invalidate(error)
-        raise sa.exc.DBAPIError.instance(
-            statement,
-            None,
-            error,
-            psycopg.Error,
-            connection_invalidated=invalidated,
-            dialect=dialect,
-        ) from error
+    with (
+        driver_cursor(context.connection, statement) as cursor,
+        cursor.copy(statement) as copy,
+    ):
+        for row in rows:
+            copy.write_row(
+                [
+                    Jsonb(value) if json and value is not None else value
+                    for json, value in zip(wrap, row.values(), strict=True)
+                ]
+            )
 
 
 def execute_deferred(context: WriteContext) -> None:
