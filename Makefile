@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: dev test lint format protos check-protos buf-lint check bench bench-quick faults-long clean
+.PHONY: dev test lint format protos check-protos buf-lint check bench bench-quick bench-ceiling faults-long clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed")'
@@ -58,6 +58,11 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	$(BIN)/python -m bench --quick
+
+# Where a unary write's CPU goes: echo, ProcessFlow with its store stubbed
+# out, and ProcessFlow, one after another (see docs/profiles/README.md).
+bench-ceiling: $(BENCH_STAMP)
+	$(BIN)/python -m bench.ceiling
 
 # The long fault run (tests/faults): ten minutes of client load while relays
 # are SIGKILLed, a throwaway PostgreSQL restarts, the legacy database drops

@@ -98,7 +98,7 @@ def command_available(name: str) -> bool:
     return result.returncode == 0
 
 
-def _serving(address: str) -> bool:
+def is_serving(address: str) -> bool:
     with grpc.insecure_channel(address) as channel:
         try:
             answer = health_pb2_grpc.HealthStub(channel).Check(
@@ -145,7 +145,7 @@ class Run:
                     ),
                     self.log_dir,
                 )
-                processes.wait_until(server, lambda: _serving(address))
+                processes.wait_until(server, lambda: is_serving(address))
             asyncio.run(self.unary(echo_address, address if server else None))
             if server is not None:
                 asyncio.run(self.ingest(address, url))

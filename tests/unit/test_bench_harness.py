@@ -1,5 +1,6 @@
 """The benchmark harness's pure parts: percentiles, the JSON contract, the
-report. The benchmarks themselves run with `make bench`, outside the suite."""
+report, the stubbed store of bench.ceiling. The benchmarks themselves run
+with `make bench`, outside the suite."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ from bench.stats import (
     summary,
     target_met,
 )
-from bench.workload import CALLS_PER_SESSION, SessionRun, ingest_operation
+from bench.stub_store import stub_writes
+from bench.workload import CALLS_PER_SESSION, SessionRun, ingest_operation, session_runs
+from processflow.v1 import processflow_service_pb2 as pb
+from server.store import Store
 
 ISSUE_KEYS = {
     "unary_rps",
@@ -128,3 +132,22 @@ def test_workload_writes_one_event_per_call() -> None:
     operation = ingest_operation(calls[0], keep_request_id=False)
     assert operation.start_session.session_id == "t-s1"
     assert operation.start_session.request_id == ""
+
+
+def test_stubbed_store_answers_every_write_of_the_mix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    methods = {
+        "StartSession": ("start_session", pb.StartSessionResponse),
+        "RecordStep": ("record_step", pb.RecordStepResponse),
+        "RecordLlmCall": ("record_llm_call", pb.RecordLlmCallResponse),
+        "CompleteSession": ("complete_session", pb.CompleteSessionResponse),
+    }
+    for name, _ in methods.values():
+        # Put back when the test ends.
+        monkeypatch.setattr(Store, name, getattr(Store, name))
+    stub_writes()
+    store = Store.__new__(Store)  # no engine: a stubbed write must not need one
+    for call in next(session_runs()).calls():
+        name, response_type = methods[call.method]
+        assert isinstance(getattr(store, name)("", call.request), response_type)
