@@ -13,7 +13,7 @@ import psycopg
 
 from bench import processes
 from bench.databases import conninfo
-from bench.stats import Throughput
+from bench.stats import Throughput, poll_delay
 from bench.workload import SessionRun
 from processflow.v1 import events_pb2
 
@@ -73,7 +73,8 @@ def wait_until_drained(
 ) -> tuple[int, float, int]:
     """Polls the outbox until nothing is pending or the time is up. Returns
     (events settled while timed, seconds, events still pending), timing from
-    the first settled event to the last poll."""
+    the first settled event to the last poll. Counts are spaced by what they
+    cost (``poll_delay``), so watching a large backlog does not slow it."""
     deadline = time.monotonic() + timeout_seconds
     with psycopg.connect(conninfo(url), autocommit=True) as connection:
         initial = pending_events(connection)
@@ -82,6 +83,7 @@ def wait_until_drained(
         while True:
             now = time.perf_counter()
             pending = pending_events(connection)
+            counted = time.perf_counter() - now
             if first_seen is None and pending < initial:
                 first_seen, pending_at_first = now, pending
             if pending == 0:
@@ -90,7 +92,7 @@ def wait_until_drained(
                 raise RuntimeError(f"{child.name} exited:\n{child.log_tail()}")
             if time.monotonic() > deadline:
                 break
-            time.sleep(0.02)
+            time.sleep(poll_delay(counted))
         finished = time.perf_counter()
     if first_seen is None:
         return 0, 0.0, pending

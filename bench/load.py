@@ -9,9 +9,8 @@ next scheduled call, so a slow answer delays no later schedule.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import grpc
@@ -121,6 +120,11 @@ async def run_closed_loop(
     return result, tally.first_error
 
 
+def unary_calls(runs: Iterator[SessionRun]) -> list[Call]:
+    """The next run, one unary call a write."""
+    return next(runs).calls()
+
+
 async def run_paced(
     target: Target,
     runs: Iterator[SessionRun],
@@ -128,23 +132,28 @@ async def run_paced(
     rate_per_second: float,
     duration_seconds: float,
     clients: int,
+    calls_of: Callable[[Iterator[SessionRun]], list[Call]] = unary_calls,
 ) -> tuple[Throughput, str]:
-    """Calls at a steady rate for ``duration_seconds``; the result's rate is
-    what was achieved (a server slower than the rate answers fewer calls)."""
+    """Events at a steady rate for ``duration_seconds``, sent as the calls
+    ``calls_of`` makes of the runs it takes; a call carrying n events takes
+    n slots of the schedule. The result counts events, and its rate is what
+    was achieved (a server slower than the rate answers fewer)."""
     tally = _Tally()
-    schedule = itertools.count()
+    scheduled = 0
     total = int(rate_per_second * duration_seconds)
     loop = asyncio.get_running_loop()
     origin = loop.time() + 0.2
     end = origin + duration_seconds
 
     async def client() -> None:
+        nonlocal scheduled
         while True:
-            for call in next(runs).calls():
-                index = next(schedule)
-                if index >= total or loop.time() >= end:
+            for call in calls_of(runs):
+                slot = scheduled
+                scheduled += call.events
+                if slot >= total or loop.time() >= end:
                     return
-                delay = origin + index / rate_per_second - loop.time()
+                delay = origin + slot / rate_per_second - loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 started = time.perf_counter()
@@ -153,7 +162,7 @@ async def run_paced(
                 except grpc.aio.AioRpcError as error:
                     tally.error(error)
                     break
-                tally.count += 1
+                tally.count += call.events
                 tally.latencies_ms.append((time.perf_counter() - started) * 1000)
 
     await asyncio.gather(*(client() for _ in range(clients)))

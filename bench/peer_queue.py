@@ -21,7 +21,7 @@ from procrastinate.types import JSONValue
 
 from bench.databases import conninfo
 from bench.legacy_apply import apply_event
-from bench.stats import Throughput
+from bench.stats import Throughput, poll_delay
 from processflow.v1 import events_pb2
 
 WORKER_CONCURRENCY = 8
@@ -92,6 +92,7 @@ async def _wait_until_drained(
             if worker.done():
                 worker.result()
                 raise RuntimeError("procrastinate worker stopped with jobs left")
+            counting = time.perf_counter()
             cursor = await db.execute(
                 "SELECT count(*) FILTER (WHERE status IN ('todo', 'doing')), "
                 "count(*) FILTER (WHERE status = 'succeeded') FROM procrastinate_jobs"
@@ -100,4 +101,4 @@ async def _wait_until_drained(
             assert row is not None
             if row[0] == 0 or time.perf_counter() > deadline:
                 return int(row[1])
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(poll_delay(time.perf_counter() - counting))

@@ -42,6 +42,19 @@ TARGETS: dict[str, tuple[str, float]] = {
 }
 
 
+# A drain is watched by counting what is left, and a count over a large
+# backlog costs the database tens of milliseconds: polled back to back it
+# would take a core from the very drain it times. Waiting ten times as long
+# as the last count took keeps the watcher under a tenth of a core.
+MIN_POLL_SECONDS = 0.02
+POLL_COST_SHARE = 0.1
+
+
+def poll_delay(count_seconds: float) -> float:
+    """Seconds to wait before the next count, given what the last one took."""
+    return max(MIN_POLL_SECONDS, count_seconds / POLL_COST_SHARE)
+
+
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The ``fraction`` quantile (0..1), interpolated between closest ranks."""
     if not values:

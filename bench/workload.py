@@ -11,6 +11,7 @@ without going through the server.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,10 +42,12 @@ _STEPS = (
 
 @dataclass(frozen=True)
 class Call:
-    """One unary call: the service method name and its request."""
+    """One unary call: the service method name, its request and how many
+    outbox events it writes."""
 
     method: str
     request: pb_message.Message
+    events: int = 1
 
 
 def _timestamp(moment: dt.datetime) -> timestamp_pb2.Timestamp:
@@ -249,6 +252,21 @@ def session_runs(
     while True:
         yield SessionRun(prefix, number, start)
         number += 1
+
+
+def ingest_calls(runs: Iterator[SessionRun], sessions: int) -> list[Call]:
+    """The next ``sessions`` runs as one Ingest request, as a high-volume
+    caller records the sessions it has finished."""
+    taken = list(itertools.islice(runs, sessions))
+    operations = [
+        ingest_operation(call, keep_request_id=False)
+        for run in taken
+        for call in run.calls()
+    ]
+    request = api.IngestRequest(
+        request_id=f"{taken[0].session_id}-ingest", operations=operations
+    )
+    return [Call("Ingest", request, events=len(operations))]
 
 
 def ingest_operation(

@@ -4,22 +4,33 @@ with `make bench`, outside the suite."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import functools
 import json
 
 import pytest
 
+from bench.load import run_paced
 from bench.report import Machine, Report, UnaryLevel, render_markdown
 from bench.stats import (
     EXTRA_JSON_KEYS,
     JSON_KEYS,
     Throughput,
     percentile,
+    poll_delay,
     summary,
     target_met,
 )
 from bench.stub_store import stub_writes
-from bench.workload import CALLS_PER_SESSION, SessionRun, ingest_operation, session_runs
+from bench.workload import (
+    CALLS_PER_SESSION,
+    Call,
+    SessionRun,
+    ingest_calls,
+    ingest_operation,
+    session_runs,
+)
 from processflow.v1 import processflow_service_pb2 as pb
 from server.store import Store
 
@@ -132,6 +143,47 @@ def test_workload_writes_one_event_per_call() -> None:
     operation = ingest_operation(calls[0], keep_request_id=False)
     assert operation.start_session.session_id == "t-s1"
     assert operation.start_session.request_id == ""
+
+
+def test_runs_as_one_ingest_request_carry_every_write() -> None:
+    runs = iter([SessionRun("t", n, dt.datetime(2026, 1, 1)) for n in (2, 3, 4)])
+    [call] = ingest_calls(runs, sessions=2)
+    assert (call.method, call.events) == ("Ingest", 2 * CALLS_PER_SESSION)
+    assert isinstance(call.request, pb.IngestRequest)
+    kinds = [op.WhichOneof("operation") for op in call.request.operations]
+    assert kinds.count("start_session") == kinds.count("complete_session") == 2
+    sessions = [op.start_session.session_id for op in call.request.operations[::7]]
+    assert sessions == ["t-s2", "t-s3"]
+    assert call.request.request_id == "t-s2-ingest"
+    assert next(runs).number == 4
+
+
+def test_paced_load_schedules_events_not_calls() -> None:
+    sent: list[Call] = []
+
+    class Recorder:
+        async def call(self, call: Call) -> None:
+            sent.append(call)
+
+    # 70 events in one second: five requests of two whole sessions each.
+    result, problem = asyncio.run(
+        run_paced(
+            Recorder(),
+            session_runs("t"),
+            rate_per_second=70,
+            duration_seconds=1.0,
+            clients=3,
+            calls_of=functools.partial(ingest_calls, sessions=2),
+        )
+    )
+    assert (problem, result.errors) == ("", 0)
+    assert [call.events for call in sent] == [2 * CALLS_PER_SESSION] * 5
+    assert result.count == 70
+
+
+def test_polls_are_spaced_by_what_they_cost() -> None:
+    assert poll_delay(0.0) == pytest.approx(0.02)
+    assert poll_delay(0.04) == pytest.approx(0.4)
 
 
 def test_stubbed_store_answers_every_write_of_the_mix(
