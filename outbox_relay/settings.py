@@ -32,7 +32,9 @@ class RelaySettings:
     )
     log_format: str = option("text", "Log line format: text or json.")
     log_level: str = option("INFO", "Lowest level logged: DEBUG, INFO, WARNING, ERROR.")
-    batch_size: int = option(500, "Most events claimed and applied in one transaction.")
+    batch_size: int = option(
+        2000, "Most events claimed and applied in one transaction."
+    )
     poll_interval_seconds: float = option(
         1.0, "Longest wait between two looks at the outbox when no wake-up comes."
     )
