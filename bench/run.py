@@ -322,6 +322,7 @@ class Run:
         log.info(
             "relay same database: %d events in %.2fs", result.count, result.seconds
         )
+        self.databases.drop_all()
 
         events = drain.backlog_events(session_runs(), config.backlog_events)
         legacy = self.databases.create("drainlegacy")
@@ -413,10 +414,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if not has_relay:
             run.note("`processflow relay` is not available: relay figures not measured")
+        # Each phase's databases are dropped when it ends, so that the next
+        # one does not share the machine with their autovacuum.
         if "server" not in skip:
             run.server_phase(has_server, has_relay)
+            dbs.drop_all()
         if "drain" not in skip and has_relay:
             run.drain_phase()
+            dbs.drop_all()
         if "peer" not in skip:
             run.peer_queue_phase()
     load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
