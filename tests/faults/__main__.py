@@ -14,6 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from tests.faults.scenario import Plan, Run, assert_nothing_lost
+from tests.faults.system import RELAY_BATCH_SIZE
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,6 +24,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--round-seconds", type=float, default=60.0)
     parser.add_argument("--kill-interval-seconds", type=float, default=4.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--relay-batch-size",
+        type=int,
+        default=RELAY_BATCH_SIZE,
+        help="the relays' --batch-size (small by default, so kills land "
+        "between many batches)",
+    )
     parser.add_argument("--directory", help="where logs go (a temp dir by default)")
     args = parser.parse_args(argv)
     directory = Path(args.directory or tempfile.mkdtemp(prefix="processflow-faults-"))
@@ -32,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         kill_interval_seconds=args.kill_interval_seconds,
         clients=args.clients,
         seed=args.seed,
+        relay_batch_size=args.relay_batch_size,
         settle_timeout_seconds=600.0,
     )
     print(f"fault run for {args.minutes} minutes; logs in {directory}", flush=True)

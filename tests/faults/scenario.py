@@ -26,7 +26,7 @@ from typing import Any
 
 from tests.faults.checks import Findings, check
 from tests.faults.load import Load
-from tests.faults.system import System, wait_until_settled
+from tests.faults.system import RELAY_BATCH_SIZE, System, wait_until_settled
 
 STEPS = (
     (0.00, "poison_on"),
@@ -45,6 +45,7 @@ class Plan:
     kill_interval_seconds: float = 3.0
     clients: int = 4
     relays: int = 3
+    relay_batch_size: int = RELAY_BATCH_SIZE
     settle_timeout_seconds: float = 180.0
     seed: int = 7
 
@@ -127,7 +128,11 @@ class Run:
 
     def execute(self) -> tuple[Figures, Findings]:
         began = time.monotonic()
-        system = System.start(self.directory, relays=self.plan.relays)
+        system = System.start(
+            self.directory,
+            relays=self.plan.relays,
+            relay_batch_size=self.plan.relay_batch_size,
+        )
         try:
             assert system.server is not None
             load = Load(system.server.address, self.plan.clients, self.plan.seed)

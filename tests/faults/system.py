@@ -30,8 +30,10 @@ PROCESSFLOW = [sys.executable, "-m", "processflow.cli"]
 API_KEY = "pfk_fault-suite-writer-key-0123456789"
 TENANT = "fault-tenant"
 POISON_MODEL = "poison-model"
+# Small batches by default, so that kills land between many of them; the
+# long run can take the relay's own default (python -m tests.faults).
+RELAY_BATCH_SIZE = 50
 RELAY_ARGS = [
-    "--batch-size", "50",
     "--poll-interval-seconds", "0.2",
     "--retry-initial-seconds", "0.05",
     "--retry-max-seconds", "0.5",
@@ -72,9 +74,15 @@ class System:
     relays: list[subprocess.Popen[bytes]] = field(default_factory=list)
     counters: Counters = field(default_factory=Counters)
     relay_starts: int = 0
+    relay_batch_size: int = RELAY_BATCH_SIZE
 
     @classmethod
-    def start(cls, directory: Path, relays: int = 3) -> System:
+    def start(
+        cls,
+        directory: Path,
+        relays: int = 3,
+        relay_batch_size: int = RELAY_BATCH_SIZE,
+    ) -> System:
         directory.mkdir(parents=True, exist_ok=True)
         cluster = ThrowawayCluster.start()
         if cluster is None:
@@ -93,6 +101,7 @@ class System:
             main_url.render_as_string(hide_password=False),
             legacy.render_as_string(hide_password=False),
             proxy,
+            relay_batch_size=relay_batch_size,
         )
         try:
             system.cli("migrate", "--legacy-database-url", system.legacy_url)
@@ -144,6 +153,7 @@ class System:
                     *PROCESSFLOW, "relay",
                     "--database-url", self.main_url,
                     "--legacy-database-url", self.legacy_via_proxy,
+                    "--batch-size", str(self.relay_batch_size),
                     *RELAY_ARGS,
                 ],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(),
