@@ -21,6 +21,7 @@ from google.protobuf import timestamp_pb2
 
 from processflow.v1 import events_pb2, resources_pb2
 from processflow.v1 import processflow_service_pb2 as api
+from server.store.outbox import new_event_id
 
 CALLS_PER_SESSION = 7
 USERS = 50
@@ -162,7 +163,7 @@ class SessionRun:
 
         def event(**payload: pb_message.Message) -> events_pb2.OutboxEvent:
             item = events_pb2.OutboxEvent(
-                event_id=str(uuid.uuid4()),
+                event_id=new_event_id(),
                 session_id=sid,
                 sequence=len(events) + 1,
                 occurred_at=_timestamp(created_at),
