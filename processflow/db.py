@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from psycopg.rows import RowFactory
 from sqlalchemy.engine import make_url
 
 
@@ -85,8 +86,10 @@ def _create_sqlite_engine(url: str, **kwargs: Any) -> sa.Engine:
 
 @contextmanager
 def driver_cursor(
-    connection: sa.Connection, statement: str
-) -> Iterator[psycopg.Cursor]:
+    connection: sa.Connection,
+    statement: str,
+    row_factory: RowFactory[Any] | None = None,
+) -> Iterator[psycopg.Cursor[Any]]:
     """The psycopg cursor under a SQLAlchemy connection, inside its open
     transaction, for what SQLAlchemy has no form for (COPY) or where its row
     objects cost too much on a hot path.
@@ -100,21 +103,37 @@ def driver_cursor(
     if not isinstance(dbapi, psycopg.Connection):
         raise TypeError("driver_cursor needs a psycopg connection")
     try:
-        with dbapi.cursor() as cursor:
+        with (
+            dbapi.cursor(row_factory=row_factory) if row_factory else dbapi.cursor()
+        ) as cursor:
             yield cursor
     except psycopg.Error as error:
-        invalidated = connection.dialect.is_disconnect(error, dbapi, None)
-        if invalidated:
-            connection.invalidate(error)
-        raise sa.exc.DBAPIError.instance(
-            statement,
-            None,
-            error,
-            psycopg.Error,
-            hide_parameters=True,
-            connection_invalidated=invalidated,
-            dialect=connection.dialect,
-        ) from error
+        raise sqlalchemy_error(connection, statement, error) from error
+
+
+def sqlalchemy_error(
+    connection: sa.Connection, statement: str, error: psycopg.Error
+) -> sa.exc.DBAPIError:
+    """``error`` of the psycopg connection under ``connection`` as the
+    exception SQLAlchemy would have raised for it (naming ``statement`` but
+    not its parameters); invalidates the connection when it was lost."""
+    failure: Any = error
+    invalidated = connection.dialect.is_disconnect(
+        failure, connection.connection.dbapi_connection, None
+    )
+    if invalidated:
+        connection.invalidate(error)
+    wrapped = sa.exc.DBAPIError.instance(
+        statement,
+        None,
+        error,
+        psycopg.Error,
+        hide_parameters=True,
+        connection_invalidated=invalidated,
+        dialect=connection.dialect,
+    )
+    assert isinstance(wrapped, sa.exc.DBAPIError)
+    return wrapped
 
 
 def utcnow() -> dt.datetime:

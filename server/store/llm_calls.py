@@ -109,7 +109,7 @@ def record_llm_call(
         sequence=locked.event_sequence,
     )
     statement = _insert_call_statement(context.postgresql)
-    if context.connection.execute(statement, values).first() is None:
+    if not context.rows(statement, values):
         defer_bump_event_sequence(context, request.session_id, -1)
         return _replay_call(context, request, call_id, call_fingerprint)
     if Decimal(row.current_cost or 0) + cost > MAX_SESSION_COST:
@@ -270,7 +270,8 @@ def upsert_transparency(
     """Adds the call to the session's roll-up; returns the row after it."""
     statement = _upsert_transparency_statement(context.postgresql)
     values = transparency_values(context, request, cost)
-    return context.connection.execute(statement, values).mappings().one()
+    (roll_up,) = context.rows(statement, values)
+    return roll_up._asdict()
 
 
 def _replay_call(

@@ -64,6 +64,8 @@ class LockedSession:
     session_id: str
     event_sequence: int
     row: Any
+    # The rows of the read run right after the lock (lock_session's ``then``).
+    then_rows: list[Any]
 
 
 def lock_statement(postgresql: bool, extra: tuple[Any, ...] = ()) -> Any:
@@ -102,11 +104,17 @@ def lock_session(
     bump: int = 0,
     statement: Any = None,
     parameters: dict[str, Any] | None = None,
+    then: tuple[Any, dict[str, Any]] | None = None,
 ) -> LockedSession:
     """Locks the session row, adds ``bump`` to its event sequence and returns
     the sequence after the bump with the session's context (``statement``,
     from lock_statement, chooses the extra columns); NotFound when the
-    session does not exist for this tenant."""
+    session does not exist for this tenant.
+
+    ``then`` (a statement and its parameters) is a read that must see what
+    was committed before the lock was granted: it runs after the lock, in
+    the same round trip (on PostgreSQL each statement of a transaction takes
+    its own snapshot when it starts)."""
     if statement is None:
         statement = _plain_lock_statement(context.postgresql)
     values = {
@@ -115,11 +123,14 @@ def lock_session(
         "b_bump": bump,
         **(parameters or {}),
     }
-    row = context.connection.execute(statement, values).one_or_none()
-    if row is None:
+    if then is None:
+        rows, then_rows = context.rows(statement, values), []
+    else:
+        rows, then_rows = context.rows_together([(statement, values), then])
+    if not rows:
         raise NotFound(f"session {session_id!r} not found")
     context.touched.add(session_id)
-    return LockedSession(session_id, int(row.event_sequence), row)
+    return LockedSession(session_id, int(rows[0].event_sequence), rows[0], then_rows)
 
 
 @functools.cache
@@ -219,7 +230,7 @@ def start_session(
     session_id = request.session_id or str(uuid.uuid4())
     values = new_session_values(context, request, session_id)
     statement = _insert_session_statement(context.postgresql)
-    if context.connection.execute(statement, values).first() is None:
+    if not context.rows(statement, values):
         return _replay_start(context, session_id, values["start_fingerprint"])
     context.touched.add(session_id)
 
@@ -364,8 +375,9 @@ def complete_session(
         request.session_id,
         bump=1,
         statement=_complete_lock_statement(context.postgresql),
+        then=(_roll_up_statement(), {"b_session_id": request.session_id}),
     )
-    row = locked.row._mapping
+    row = locked.row._asdict()
     if row["status"] != "running":
         if row["completion_fingerprint"] == completion_fingerprint:
             defer_bump_event_sequence(context, request.session_id, -1)
@@ -374,9 +386,7 @@ def complete_session(
             f"session {request.session_id!r} is already {row['status']}"
         )
 
-    roll_up = context.connection.execute(
-        _roll_up_statement(), {"b_session_id": request.session_id}
-    ).one()
+    (roll_up,) = locked.then_rows
     done = completion(
         context,
         request,

@@ -7,10 +7,10 @@ time the step reaches a terminal status (steps.finished_event_written); the
 step row keeps that event's sequence and serialized payload
 (finished_sequence, finished_event), written once and never read back here.
 
-Round trips: the session lock (which already counts the event when the
-request's status is terminal), one SELECT of the step count and the steps
-the request names, then the step write, its logs, the request record and the
-event go out with the COMMIT.
+Round trips: two on PostgreSQL. The session lock (which already counts the
+event when the request's status is terminal) and, after it, one SELECT of
+the step count and the steps the request names; then the step write, its
+logs, the request record and the event go out with the COMMIT.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as postgresql_types
 
 from processflow.catalog import CATALOG
 from processflow.v1 import events_pb2
@@ -62,12 +63,21 @@ FINISHED_EVENT_COLUMNS = ("finished_sequence", "finished_event")
 LOADED_STEP_COLUMNS = tuple(
     column for column in STEPS.c if column.name not in FINISHED_EVENT_COLUMNS
 )
+LOADED_STEP_COLUMN_NAMES = tuple(column.name for column in LOADED_STEP_COLUMNS)
 
 
 @functools.cache
-def _step_rows_statement() -> Any:
+def _step_rows_statement(postgresql: bool) -> Any:
     # The count comes from a one-row subquery joined to the matching steps,
-    # so that the statement answers even when no step matches.
+    # so that the statement answers even when no step matches. PostgreSQL
+    # takes the ids as one array, so the text is the same for any number of
+    # them (and the statement runs on the driver, see driver.py).
+    if postgresql:
+        named = STEPS.c.step_id == sa.any_(
+            sa.bindparam("b_step_ids", type_=postgresql_types.ARRAY(sa.String()))
+        )
+    else:
+        named = STEPS.c.step_id.in_(sa.bindparam("b_step_ids", expanding=True))
     counted = (
         sa.select(sa.func.count().label("step_count"))
         .select_from(STEPS)
@@ -77,7 +87,7 @@ def _step_rows_statement() -> Any:
     matching = sa.and_(
         STEPS.c.session_id == SESSION_ID,
         sa.or_(
-            STEPS.c.step_id.in_(sa.bindparam("b_step_ids", expanding=True)),
+            named,
             STEPS.c.step_type == sa.bindparam("b_parent_code", type_=sa.String()),
         ),
     )
@@ -88,26 +98,27 @@ def _step_rows_statement() -> Any:
     )
 
 
-def select_step_rows(
+def step_rows_query(
     context: WriteContext, session_id: str, step_ids: set[str], parent_code: str | None
-) -> tuple[int, list[dict[str, Any]]]:
-    """The session's step count, and the steps named in ``step_ids`` and, for
-    a catalog parent, the steps of that code, oldest first (without the
-    finished_* columns)."""
-    result = context.connection.execute(
-        _step_rows_statement(),
-        {
-            "b_session_id": session_id,
-            "b_step_ids": sorted(step_ids),
-            "b_parent_code": parent_code,
-        },
-    )
+) -> tuple[Any, dict[str, Any]]:
+    """The read of the session's step count, and of the steps named in
+    ``step_ids`` and, for a catalog parent, the steps of that code, oldest
+    first (without the finished_* columns); its rows go to step_rows."""
+    return _step_rows_statement(context.postgresql), {
+        "b_session_id": session_id,
+        "b_step_ids": sorted(step_ids),
+        "b_parent_code": parent_code,
+    }
+
+
+def step_rows(result: list[Any]) -> tuple[int, list[dict[str, Any]]]:
+    """The step count and the steps as dicts, from step_rows_query's rows."""
     count = 0
     rows: list[dict[str, Any]] = []
-    for row in result.mappings():
-        count = int(row["step_count"])
-        if row["id"] is not None:
-            rows.append({c.name: row[c.name] for c in LOADED_STEP_COLUMNS})
+    for row in result:
+        count = int(row.step_count)
+        if row.id is not None:
+            rows.append({name: getattr(row, name) for name in LOADED_STEP_COLUMN_NAMES})
     return count, rows
 
 
@@ -243,16 +254,19 @@ def record_step(
     # Counted now because nearly every terminal status is the step's first;
     # an update of an already finished step undoes it.
     bump = 1 if request.status in TERMINAL_STEP_STATUSES else 0
-    locked = lock_session(context, request.session_id, bump=bump)
     entry = CATALOG.get(request.step_type) if request.step_type else None
     parent_code = entry.parent if entry and not request.parent_step_id else None
     wanted = {request.step_id, request.parent_step_id} | {
         log.step_id for log in request.logs
     }
     wanted.discard("")
-    step_count, rows = select_step_rows(
-        context, request.session_id, wanted, parent_code
+    locked = lock_session(
+        context,
+        request.session_id,
+        bump=bump,
+        then=step_rows_query(context, request.session_id, wanted, parent_code),
     )
+    step_count, rows = step_rows(locked.then_rows)
     by_id = {row["step_id"]: row for row in rows}
     existing = by_id.get(request.step_id)
     if request.parent_step_id and request.parent_step_id not in by_id:

@@ -8,14 +8,16 @@ Python, the request record, the outbox events) are deferred and sent just
 before commit; on PostgreSQL they go out in one pipeline together with the
 COMMIT, so they cost one round trip. Bulk rows (an Ingest's) go in with
 COPY on PostgreSQL, before that pipeline. The rows and their events commit
-together or not at all.
+together or not at all. On PostgreSQL the write's statements run on psycopg
+directly (driver.py).
 
 The server's engine has no pre-ping: a pooled connection that died (the
 database restarted) fails the first statement, SQLAlchemy invalidates it and
 the pool, and the whole transaction runs once more on a fresh connection.
-That retry happens only when the COMMIT was not sent yet, so nothing can be
-applied twice; a connection lost during the COMMIT surfaces as Unavailable
-(the outcome is unknown, and a retry with the same request_id is safe).
+That retry happens only before the final pipeline, which carries the
+COMMIT, so nothing can be applied twice; a connection lost in that pipeline
+surfaces as Unavailable (the outcome is unknown, and a retry with the same
+request_id is safe).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,9 +35,10 @@ import sqlalchemy as sa
 from google.protobuf.message import Message
 from psycopg.types.json import Jsonb
 
-from processflow.db import driver_cursor
+from processflow.db import driver_cursor, sqlalchemy_error
 from processflow.v1 import events_pb2
 from server.errors import Unavailable
+from server.store import driver
 from server.store.convert import to_timestamp
 from server.validation import Limits
 
@@ -101,6 +104,16 @@ class WriteContext:
     touched: set[str] = field(default_factory=set)
     deferred: list[tuple[Any, Any]] = field(default_factory=list)
 
+    def rows(self, statement: Any, parameters: Mapping[str, Any]) -> list[Any]:
+        """Runs ``statement`` now and returns its rows (see driver.py)."""
+        return driver.fetch_rows(self.connection, statement, parameters)
+
+    def rows_together(
+        self, queries: Sequence[tuple[Any, Mapping[str, Any]]]
+    ) -> list[list[Any]]:
+        """Runs ``queries`` in order in one round trip; each one's rows."""
+        return driver.fetch_together(self.connection, queries)
+
     def defer(self, statement: Any, parameters: Any = None) -> None:
         """Runs ``statement`` just before commit, after every statement the
         write executes itself and in the order deferred."""
@@ -142,10 +155,7 @@ def copy_rows(
 
 def execute_deferred(context: WriteContext) -> None:
     for statement, parameters in context.deferred:
-        if parameters is None:
-            context.connection.execute(statement)
-        else:
-            context.connection.execute(statement, parameters)
+        driver.execute(context.connection, statement, parameters)
     context.deferred.clear()
 
 
@@ -157,31 +167,40 @@ class _LostBeforeCommit(Exception):
         self.error = error
 
 
-@contextmanager
-def _pipeline(connection: sa.Connection, postgresql: bool) -> Iterator[None]:
-    """Queues the statements run inside (and the COMMIT) without waiting for
-    each one's answer (psycopg pipeline mode); a no-op on SQLite."""
-    if not postgresql:
-        yield
+def _send_and_commit(context: WriteContext, transaction: sa.RootTransaction) -> None:
+    """Runs the deferred statements and commits. On PostgreSQL both go out in
+    one pipeline with the COMMIT queued like the writes, so that the
+    pipeline's one sync answers for all of them (psycopg's own commit() would
+    sync once more: a round trip)."""
+    connection = context.connection
+    if not context.postgresql:
+        execute_deferred(context)
+        transaction.commit()
         return
     driver = connection.connection.driver_connection
-    assert driver is not None
+    assert isinstance(driver, psycopg.Connection)
     try:
         with driver.pipeline():
-            yield
+            execute_deferred(context)
+            driver.execute(b"COMMIT")
     except psycopg.OperationalError as error:
-        # Leaving pipeline mode failed after the COMMIT was answered: the
-        # connection is unusable.
+        # Lost while the writes and the COMMIT were on their way: whether
+        # they committed is unknown, and the connection is unusable.
         connection.invalidate(error)
         raise Unavailable("the database connection was lost; retry later") from error
-    except BaseException:
-        # SQLAlchemy counts a failed COMMIT as the end of the transaction and
-        # then skips the pool's rollback: the connection must not go back to
-        # the pool inside an aborted transaction.
+    except BaseException as error:
+        # The writes failed (a key taken by a concurrent writer, say): the
+        # COMMIT did not run, and the connection must not go back to the pool
+        # inside the aborted transaction.
         if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with suppress(psycopg.Error):
                 driver.rollback()
+        if isinstance(error, psycopg.Error):
+            raise sqlalchemy_error(connection, "COMMIT", error) from error
         raise
+    # The transaction is over on the server; this ends SQLAlchemy's record
+    # of it (psycopg sends nothing for it).
+    transaction.commit()
 
 
 def _attempt(
@@ -196,10 +215,10 @@ def _attempt(
             context = begin(connection)
             result = work(context)
             flush(context)
-            with _pipeline(connection, context.postgresql):
-                execute_deferred(context)
-                committing = True
-                transaction.commit()
+            # From here on the COMMIT may be on its way: a lost connection
+            # leaves the outcome unknown, and the write must not run again.
+            committing = True
+            _send_and_commit(context, transaction)
     except sa.exc.DBAPIError as error:
         if error.connection_invalidated and not committing:
             raise _LostBeforeCommit(error) from error
