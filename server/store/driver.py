@@ -80,11 +80,18 @@ def _form(
 
 
 def fetch_rows(
-    connection: sa.Connection, statement: Any, parameters: Mapping[str, Any]
+    connection: sa.Connection,
+    statement: Any,
+    parameters: Mapping[str, Any],
+    *,
+    begin: bool = False,
 ) -> list[Any]:
     """Runs ``statement`` and returns its rows; each row's columns are its
-    attributes, whichever way the statement went."""
+    attributes, whichever way the statement went. ``begin``: see
+    fetch_together."""
     form = _form(connection, statement, parameters)
+    if begin and form is not None:
+        return fetch_together(connection, [(statement, parameters)], begin=True)[0]
     if form is None:
         return list(connection.execute(statement, parameters))
     with driver_cursor(connection, form.sql, namedtuple_row) as cursor:
@@ -93,20 +100,35 @@ def fetch_rows(
 
 
 def fetch_together(
-    connection: sa.Connection, queries: Sequence[tuple[Any, Mapping[str, Any]]]
+    connection: sa.Connection,
+    queries: Sequence[tuple[Any, Mapping[str, Any]]],
+    *,
+    begin: bool = False,
 ) -> list[list[Any]]:
     """Runs ``queries`` (statement, parameters) one after the other and
     returns the rows of each; on PostgreSQL in one pipeline, so that they cost
-    one round trip (with the transaction's BEGIN when it is the first). Each
-    statement still starts after the one before it has finished."""
+    one round trip. Each statement still starts after the one before it has
+    finished.
+
+    ``begin``: when these are the transaction's first statements, its BEGIN
+    goes in the same pipeline. psycopg would send it ahead and wait for it
+    (a round trip of its own), so it is told to leave BEGIN to us (its
+    autocommit mode, which only decides whether it starts transactions)
+    until `hand_begin_back` runs after the transaction."""
     forms = [_form(connection, statement, first) for statement, first in queries]
     if any(form is None for form in forms):
         return [fetch_rows(connection, statement, p) for statement, p in queries]
     dbapi = connection.connection.dbapi_connection
     assert isinstance(dbapi, psycopg.Connection)
     cursors: list[psycopg.Cursor[Any]] = []
+    if begin and dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        dbapi.autocommit = True
+    else:
+        begin = False
     try:
         with dbapi.pipeline():
+            if begin:
+                dbapi.execute(b"BEGIN")
             for form, (_statement, parameters) in zip(forms, queries, strict=True):
                 assert form is not None
                 cursor = dbapi.cursor(row_factory=namedtuple_row)
@@ -119,6 +141,21 @@ def fetch_together(
     finally:
         for cursor in cursors:
             cursor.close()
+
+
+def hand_begin_back(connection: sa.Connection) -> None:
+    """After a transaction that fetch_together began: psycopg starts the
+    connection's transactions again. A connection still inside a transaction
+    then (its rollback failed) is discarded, never pooled in autocommit."""
+    if connection.invalidated or connection.closed:
+        return
+    dbapi = connection.connection.dbapi_connection
+    if not isinstance(dbapi, psycopg.Connection) or not dbapi.autocommit:
+        return
+    if dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+        dbapi.autocommit = False
+    else:
+        connection.invalidate()
 
 
 def execute(

@@ -103,16 +103,20 @@ class WriteContext:
     events: list[events_pb2.OutboxEvent] = field(default_factory=list)
     touched: set[str] = field(default_factory=set)
     deferred: list[tuple[Any, Any]] = field(default_factory=list)
+    # Whether a statement of the write has run (the first one carries BEGIN).
+    started: bool = False
 
     def rows(self, statement: Any, parameters: Mapping[str, Any]) -> list[Any]:
         """Runs ``statement`` now and returns its rows (see driver.py)."""
-        return driver.fetch_rows(self.connection, statement, parameters)
+        begin, self.started = self.postgresql and not self.started, True
+        return driver.fetch_rows(self.connection, statement, parameters, begin=begin)
 
     def rows_together(
         self, queries: Sequence[tuple[Any, Mapping[str, Any]]]
     ) -> list[list[Any]]:
         """Runs ``queries`` in order in one round trip; each one's rows."""
-        return driver.fetch_together(self.connection, queries)
+        begin, self.started = self.postgresql and not self.started, True
+        return driver.fetch_together(self.connection, queries, begin=begin)
 
     def defer(self, statement: Any, parameters: Any = None) -> None:
         """Runs ``statement`` just before commit, after every statement the
@@ -211,14 +215,19 @@ def _attempt(
 ) -> tuple[Any, frozenset[str]]:
     committing = False
     try:
-        with engine.connect() as connection, connection.begin() as transaction:
-            context = begin(connection)
-            result = work(context)
-            flush(context)
-            # From here on the COMMIT may be on its way: a lost connection
-            # leaves the outcome unknown, and the write must not run again.
-            committing = True
-            _send_and_commit(context, transaction)
+        with engine.connect() as connection:
+            try:
+                with connection.begin() as transaction:
+                    context = begin(connection)
+                    result = work(context)
+                    flush(context)
+                    # From here on the COMMIT may be on its way: a lost
+                    # connection leaves the outcome unknown, and the write
+                    # must not run again.
+                    committing = True
+                    _send_and_commit(context, transaction)
+            finally:
+                driver.hand_begin_back(connection)
     except sa.exc.DBAPIError as error:
         if error.connection_invalidated and not committing:
             raise _LostBeforeCommit(error) from error

@@ -5,19 +5,24 @@ without a fixed text must still run."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
 from processflow.db import create_engine
+from processflow.v1 import processflow_service_pb2 as pb
 from server import schema
-from server.store import driver, idempotency
+from server.errors import ProcessFlowError
+from server.store import Store, driver, idempotency
 from server.store.sessions import lock_statement
 from server.store.steps import insert_step_statement
+from tests.integration.store_helpers import T
 
 NOW = dt.datetime(2026, 12, 4, 12, 0, 0)
 
@@ -155,3 +160,42 @@ def test_driver_errors_are_sqlalchemy_errors(engine: sa.Engine) -> None:
     with pytest.raises(sa.exc.IntegrityError) as caught, engine.begin() as connection:
         driver.execute(connection, statement, record)
     assert idempotency.is_duplicate_key(caught.value, [schema.requests])
+
+
+def test_connections_go_back_to_the_pool_with_psycopg_starting_transactions(
+    pg_url: str,
+) -> None:
+    # A write's first statements carry its BEGIN, psycopg being told not to
+    # send one (autocommit) until the transaction ends: whichever way the
+    # write ends, the pooled connection must start transactions again, or
+    # the next Ingest would commit statement by statement.
+    store = Store.connect(pg_url, pool_size=1)
+    try:
+        endings: list[Callable[[], object]] = [
+            lambda: store.start_session(
+                T, pb.StartSessionRequest(request_id="r1", session_id="s", user_id="u")
+            ),
+            # The lock finds no session: NotFound after the first round trip.
+            lambda: store.record_step(
+                T,
+                pb.RecordStepRequest(
+                    session_id="missing", step_id="a", step_type="auth"
+                ),
+            ),
+            # The request record's key is taken: the final pipeline fails.
+            lambda: store.start_session(
+                T, pb.StartSessionRequest(request_id="r1", session_id="t", user_id="u")
+            ),
+        ]
+        for ending in endings:
+            with contextlib.suppress(ProcessFlowError):
+                ending()
+            with store.engine.connect() as connection:
+                dbapi = connection.connection.dbapi_connection
+                assert isinstance(dbapi, psycopg.Connection)
+                assert dbapi.autocommit is False
+                assert (
+                    dbapi.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                )
+    finally:
+        store.close()

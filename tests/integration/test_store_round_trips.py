@@ -20,9 +20,9 @@ from server.store import Store
 from tests.integration.store_helpers import T
 
 # Statements per call on either database (without BEGIN and COMMIT), and
-# round trips on PostgreSQL: BEGIN (psycopg waits for it), the statements
-# whose answers the call reads (the lock and the read after it in one), then
-# one pipeline with the deferred writes and the COMMIT.
+# round trips on PostgreSQL: the BEGIN with the statements whose answers the
+# call reads (the lock and the read after it in one), then one pipeline with
+# the deferred writes and the COMMIT.
 STATEMENTS = {
     "StartSession": 3,
     "RecordStep": 5,
@@ -32,13 +32,13 @@ STATEMENTS = {
     "AppendLogs": 4,
 }
 ROUND_TRIPS = {
-    "StartSession": 3,
-    "RecordStep": 3,
+    "StartSession": 2,
+    "RecordStep": 2,
     # The call's INSERT and the roll-up's upsert each wait for an answer.
-    "RecordLlmCall": 5,
-    "CompleteSession": 3,
+    "RecordLlmCall": 4,
+    "CompleteSession": 2,
     # One more: the SELECT of the steps its lines name.
-    "AppendLogs": 5,
+    "AppendLogs": 4,
 }
 # psycopg prepares a statement at its fifth use, with one more round trip.
 WARM_UP_SESSIONS = 6
