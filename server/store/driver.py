@@ -170,7 +170,8 @@ def execute(
         return
     rows = [parameters] if isinstance(parameters, Mapping) else list(parameters)
     form = _form(connection, statement, rows[0])
-    if form is None:
+    if form is None or any(row.keys() != rows[0].keys() for row in rows[1:]):
+        # Rows naming different columns are SQLAlchemy's to refuse or run.
         connection.execute(statement, parameters)
         return
     with driver_cursor(connection, form.sql) as cursor:

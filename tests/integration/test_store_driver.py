@@ -199,3 +199,19 @@ def test_connections_go_back_to_the_pool_with_psycopg_starting_transactions(
                 )
     finally:
         store.close()
+
+
+def test_rows_naming_different_columns_are_left_to_sqlalchemy(
+    engine: sa.Engine,
+) -> None:
+    # Compiled for the first row's names, a later row without one of them
+    # would be bound NULL where SQLAlchemy refuses it.
+    rows = [
+        step_values("first", description="d"),
+        {k: v for k, v in step_values("second").items() if k != "description"},
+    ]
+    with (
+        pytest.raises(sa.exc.StatementError, match="description"),
+        engine.begin() as connection,
+    ):
+        driver.execute(connection, insert_step_statement(), rows)
