@@ -115,8 +115,9 @@ def fetch_together(
     (a round trip of its own), so it is told to leave BEGIN to us (its
     autocommit mode, which only decides whether it starts transactions)
     until `hand_begin_back` runs after the transaction."""
-    forms = [_form(connection, statement, first) for statement, first in queries]
-    if any(form is None for form in forms):
+    found = [_form(connection, statement, first) for statement, first in queries]
+    forms = [form for form in found if form is not None]
+    if len(forms) < len(queries):
         return [fetch_rows(connection, statement, p) for statement, p in queries]
     dbapi = connection.connection.dbapi_connection
     assert isinstance(dbapi, psycopg.Connection)
@@ -130,14 +131,12 @@ def fetch_together(
             if begin:
                 dbapi.execute(b"BEGIN")
             for form, (_statement, parameters) in zip(forms, queries, strict=True):
-                assert form is not None
                 cursor = dbapi.cursor(row_factory=namedtuple_row)
                 cursors.append(cursor)
                 cursor.execute(form.sql, form.bind(parameters))
         return [cursor.fetchall() for cursor in cursors]
     except psycopg.Error as error:
-        first_sql = forms[0].sql if forms[0] is not None else ""
-        raise sqlalchemy_error(connection, first_sql, error) from error
+        raise sqlalchemy_error(connection, forms[0].sql, error) from error
     finally:
         for cursor in cursors:
             cursor.close()

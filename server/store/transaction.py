@@ -181,12 +181,12 @@ def _send_and_commit(context: WriteContext, transaction: sa.RootTransaction) -> 
         execute_deferred(context)
         transaction.commit()
         return
-    driver = connection.connection.driver_connection
-    assert isinstance(driver, psycopg.Connection)
+    dbapi = connection.connection.driver_connection
+    assert isinstance(dbapi, psycopg.Connection)
     try:
-        with driver.pipeline():
+        with dbapi.pipeline():
             execute_deferred(context)
-            driver.execute(b"COMMIT")
+            dbapi.execute(b"COMMIT")
     except psycopg.OperationalError as error:
         # Lost while the writes and the COMMIT were on their way: whether
         # they committed is unknown, and the connection is unusable.
@@ -196,9 +196,9 @@ def _send_and_commit(context: WriteContext, transaction: sa.RootTransaction) -> 
         # The writes failed (a key taken by a concurrent writer, say): the
         # COMMIT did not run, and the connection must not go back to the pool
         # inside the aborted transaction.
-        if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        if dbapi.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
             with suppress(psycopg.Error):
-                driver.rollback()
+                dbapi.rollback()
         if isinstance(error, psycopg.Error):
             raise sqlalchemy_error(connection, "COMMIT", error) from error
         raise
