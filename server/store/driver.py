@@ -89,9 +89,9 @@ def fetch_rows(
     """Runs ``statement`` and returns its rows; each row's columns are its
     attributes, whichever way the statement went. ``begin``: see
     fetch_together."""
-    form = _form(connection, statement, parameters)
-    if begin and form is not None:
+    if begin:
         return fetch_together(connection, [(statement, parameters)], begin=True)[0]
+    form = _form(connection, statement, parameters)
     if form is None:
         return list(connection.execute(statement, parameters))
     with driver_cursor(connection, form.sql, namedtuple_row) as cursor:
